@@ -1,0 +1,204 @@
+package dataplane
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"k8s.io/klog/v2"
+)
+
+// Hooks let the agent follow the sync loop without the loop knowing about HTTP
+// servers or events.
+type Hooks struct {
+	// Queued is called when a change is waiting to be synced (healthz).
+	Queued func()
+	// Synced is called after every successful sync (healthz, health-check ports).
+	Synced func(*State)
+	// Problems is called for a service whose problems changed (logs, Events).
+	Problems func(ServiceName, []Problem)
+}
+
+// Runner drives a Backend from a Tracker: it coalesces triggers, keeps at least
+// MinSyncPeriod between syncs, runs a full sync every SyncPeriod and after any
+// failure, and retries failures with exponential backoff.
+type Runner struct {
+	backend       Backend
+	tracker       *Tracker
+	state         *State
+	metrics       *Metrics
+	hooks         Hooks
+	minSyncPeriod time.Duration
+	syncPeriod    time.Duration
+	// Backoff bounds for retries after a failed sync.
+	minBackoff, maxBackoff time.Duration
+
+	trigger  chan struct{}
+	triggers []time.Time // trigger times whose latency is still to be observed
+	now      func() time.Time
+}
+
+// RunnerConfig configures a Runner.
+type RunnerConfig struct {
+	MinSyncPeriod time.Duration
+	SyncPeriod    time.Duration
+	Metrics       *Metrics
+	Hooks         Hooks
+}
+
+// NewRunner returns a runner. Hand Kick to the tracker so events trigger syncs:
+//
+//	var r *Runner
+//	t := NewTracker(cfg, func() { r.Kick() })
+//	r = NewRunner(backend, t, rc)
+func NewRunner(b Backend, t *Tracker, rc RunnerConfig) *Runner {
+	if rc.SyncPeriod <= 0 {
+		rc.SyncPeriod = 30 * time.Second
+	}
+	return &Runner{
+		backend: b, tracker: t, state: NewState(), metrics: rc.Metrics, hooks: rc.Hooks,
+		minSyncPeriod: rc.MinSyncPeriod, syncPeriod: rc.SyncPeriod,
+		minBackoff: 100 * time.Millisecond, maxBackoff: rc.SyncPeriod,
+		trigger: make(chan struct{}, 1),
+		now:     time.Now,
+	}
+}
+
+// State returns the desired state as of the last sync. Only the runner's goroutine
+// may use it while Run is running.
+func (r *Runner) State() *State { return r.state }
+
+// Kick asks for a sync soon; it never blocks, and kicks coalesce.
+func (r *Runner) Kick() {
+	if r.metrics != nil {
+		r.metrics.LastQueued.Set(float64(r.now().UnixNano()) / 1e9)
+		s, e := r.tracker.Pending()
+		r.metrics.ServiceChangesPend.Set(float64(s))
+		r.metrics.EndpointChangesPend.Set(float64(e))
+	}
+	if r.hooks.Queued != nil {
+		r.hooks.Queued()
+	}
+	select {
+	case r.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// Run syncs until ctx is done. Nothing is programmed before every source of the
+// tracker has synced. With once, it returns after the first sync (dry runs).
+func (r *Runner) Run(ctx context.Context, once bool) error {
+	if err := r.waitSynced(ctx); err != nil {
+		return err
+	}
+	full := true // the first sync is full: the kernel may hold anything
+	pending := true
+	var lastStart time.Time
+	periodic := time.NewTimer(r.syncPeriod)
+	defer periodic.Stop()
+	var retry <-chan time.Time
+	backoff := r.minBackoff
+	for {
+		if pending {
+			if wait := r.minSyncPeriod - r.now().Sub(lastStart); wait > 0 && !lastStart.IsZero() {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(wait):
+				}
+			}
+			lastStart = r.now()
+			err := r.SyncOnce(ctx, full)
+			if once {
+				return err
+			}
+			pending = false
+			if err != nil {
+				klog.ErrorS(err, "Sync failed; the next sync is full", "backend", r.backend.Name(), "retryIn", backoff)
+				full = true
+				retry = time.After(backoff)
+				backoff = min(2*backoff, r.maxBackoff)
+			} else {
+				full, retry, backoff = false, nil, r.minBackoff
+				periodic.Reset(r.syncPeriod)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.trigger:
+			pending = true
+		case <-retry:
+			pending = true
+		case <-periodic.C:
+			pending, full = true, true
+		}
+	}
+}
+
+func (r *Runner) waitSynced(ctx context.Context) error {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	logged := false
+	for !r.tracker.HasSynced() {
+		if !logged {
+			klog.InfoS("Waiting for sources to sync before programming anything")
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("stopped before the sources synced: %w", ctx.Err())
+		case <-r.trigger:
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// SyncOnce takes the tracker's changes into the desired state and hands them to the
+// backend: all of the state when full (or when the node changed), else the changed
+// frontends, or nothing when nothing changed.
+func (r *Runner) SyncOnce(ctx context.Context, full bool) error {
+	start := r.now()
+	ch := r.tracker.Take()
+	cs := r.state.Apply(ch.Services)
+	r.state.Node = ch.Node
+	r.triggers = append(r.triggers, ch.TriggerTimes...)
+	if r.metrics != nil {
+		r.metrics.ServiceChangesTotal.Add(float64(ch.ServiceChanges))
+		r.metrics.EndpointChangesTot.Add(float64(ch.EndpointChanges))
+		s, e := r.tracker.Pending()
+		r.metrics.ServiceChangesPend.Set(float64(s))
+		r.metrics.EndpointChangesPend.Set(float64(e))
+	}
+	if r.hooks.Problems != nil {
+		for n, ps := range cs.Problems {
+			r.hooks.Problems(n, ps)
+		}
+	}
+	full = full || ch.All
+	var err error
+	switch {
+	case full:
+		err = r.backend.Sync(ctx, r.state, nil)
+	case !cs.Empty():
+		err = r.backend.Sync(ctx, r.state, cs)
+	}
+	if err != nil {
+		if r.metrics != nil {
+			r.metrics.SyncErrors.Inc()
+		}
+		return fmt.Errorf("%s backend: %w", r.backend.Name(), err)
+	}
+	end := r.now()
+	if r.metrics != nil {
+		r.metrics.observeSync(start, end, full, r.state, r.triggers)
+	}
+	r.triggers = nil
+	if r.hooks.Synced != nil {
+		r.hooks.Synced(r.state)
+	}
+	klog.V(2).InfoS("Synced", "backend", r.backend.Name(), "full", full, "changedFrontends", len(cs.Frontends),
+		"frontends", len(r.state.Frontends), "took", end.Sub(start))
+	return nil
+}
