@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"net/netip"
+	"slices"
 
 	v1 "k8s.io/api/core/v1"
 )
@@ -49,6 +50,11 @@ func NodeInfoFromNode(name string, n *v1.Node) NodeInfo {
 		}
 	}
 	return info
+}
+
+// Equal reports whether two NodeInfos are the same.
+func (n NodeInfo) Equal(o NodeInfo) bool {
+	return n.Name == o.Name && n.Zone == o.Zone && n.Eligible == o.Eligible && slices.Equal(n.IPs, o.IPs)
 }
 
 func appendUnique(ips []netip.Addr, ip netip.Addr) []netip.Addr {

@@ -168,7 +168,7 @@ func (t *Tracker) SetNode(n *v1.Node) {
 	t.record(func() bool {
 		old := NodeInfoFromNode(t.cfg.NodeName, t.node)
 		t.node = n
-		if equality.Semantic.DeepEqual(old, NodeInfoFromNode(t.cfg.NodeName, n)) {
+		if old.Equal(NodeInfoFromNode(t.cfg.NodeName, n)) {
 			return false
 		}
 		t.nodeDirty = true
