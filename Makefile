@@ -1,0 +1,39 @@
+# Switchyard. `make demo` and `make test` are the two entry points (see README.md).
+GO      ?= go
+BIN     := bin/switchyard
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+.PHONY: all build test unit lint generate demo bench clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/switchyard
+
+# Every test: formatting and vet, then the unit tests (with the race detector).
+test: lint unit
+
+unit:
+	$(GO) test -race -count=1 ./...
+
+lint:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfe[lb].go$$')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
+	$(GO) vet ./...
+
+# Regenerates bpf2go output (none yet; the eBPF dataplane brings it).
+generate:
+	$(GO) generate ./...
+
+# The dry run: what Switchyard would program for the example manifests.
+demo: build
+	./$(BIN) agent --mode=print --source=file:deploy/examples --hostname-override=node-a \
+		--cluster-cidr=10.0.0.0/16 --once
+
+# Model benchmarks at 10,000 services x 10 endpoints.
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./dataplane/
+
+clean:
+	rm -rf bin

@@ -1,0 +1,182 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+
+	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/dataplane/healthcheck"
+	"github.com/switchyard/switchyard/watcher"
+)
+
+// agent is one running Switchyard: a source feeding a tracker, a runner driving a
+// backend, and the health and metrics servers.
+type agent struct {
+	cfg      *agentConfig
+	backend  dataplane.Backend
+	tracker  *dataplane.Tracker
+	runner   *dataplane.Runner
+	health   *healthcheck.ProxyHealth
+	services *healthcheck.ServiceHealth
+	registry *prometheus.Registry
+	problems func(dataplane.ServiceName, []dataplane.Problem)
+}
+
+func runAgent(ctx context.Context, cfg *agentConfig, out, log io.Writer) error {
+	mode := resolveMode(cfg.mode, ebpfRequirements, log)
+	backend, err := newBackend(mode, out)
+	if err != nil {
+		return err
+	}
+	a := &agent{cfg: cfg, backend: backend, registry: prometheus.NewRegistry()}
+	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.health = healthcheck.NewProxyHealth(2*cfg.syncPeriod, time.Now)
+	a.services = healthcheck.NewServiceHealth(net.Listen, a.health.IsHealthy)
+	defer a.services.Close()
+	a.problems = logProblems
+	a.tracker = dataplane.NewTracker(cfg.model, func() { a.runner.Kick() })
+	a.runner = dataplane.NewRunner(backend, a.tracker, dataplane.RunnerConfig{
+		MinSyncPeriod: cfg.minSyncPeriod, SyncPeriod: cfg.syncPeriod,
+		Metrics: dataplane.NewMetrics(a.registry),
+		Hooks: dataplane.Hooks{
+			Queued:   a.health.QueuedUpdate,
+			Synced:   a.synced,
+			Problems: func(n dataplane.ServiceName, ps []dataplane.Problem) { a.problems(n, ps) },
+		},
+	})
+	if mode != "print" {
+		if err := updateReservedPorts(reservedPortsPath, cfg.model.NodePortRange, true); err != nil {
+			return err
+		}
+	}
+	klog.InfoS("Starting Switchyard", "version", version, "mode", mode, "node", cfg.model.NodeName, "source", sourceName(cfg))
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, ctx := errgroup.WithContext(ctx)
+	if err := a.startSource(ctx, g); err != nil {
+		return err
+	}
+	if !cfg.once {
+		a.startServers(ctx, g)
+	}
+	g.Go(func() error {
+		err := a.runner.Run(ctx, cfg.once)
+		cancel() // with --once the sources and servers stop with the runner
+		return err
+	})
+	return g.Wait()
+}
+
+func sourceName(cfg *agentConfig) string {
+	if cfg.sourceFile != "" {
+		return "file:" + cfg.sourceFile
+	}
+	return "apiserver"
+}
+
+// synced follows every successful sync: health, and the health-check node ports.
+func (a *agent) synced(st *dataplane.State) {
+	a.health.Updated()
+	a.health.SyncNode(st.Node.Eligible)
+	var addrs = st.NodePortAddrs(a.cfg.model)
+	if a.cfg.model.NodePortAddresses.All() {
+		addrs = nil // listen on every address, as kube-proxy does
+	}
+	if err := a.services.Sync(addrs, healthcheck.FromState(st)); err != nil {
+		klog.ErrorS(err, "Some health check node ports could not be served")
+	}
+}
+
+func (a *agent) startSource(ctx context.Context, g *errgroup.Group) error {
+	if a.cfg.sourceFile != "" {
+		if a.cfg.once {
+			// A dry run cannot wait for someone to fix the manifests.
+			if _, err := watcher.Load(a.cfg.sourceFile); err != nil {
+				return err
+			}
+		}
+		fs := watcher.NewFileSource(a.cfg.sourceFile, a.cfg.model.NodeName, a.tracker, time.Second)
+		g.Go(func() error { return fs.Run(ctx) })
+		return nil
+	}
+	client, err := kubeClient(a.cfg.kubeconfig)
+	if err != nil {
+		return err
+	}
+	record, stop := watcher.NewProblemRecorder(client, a.cfg.model.NodeName)
+	a.problems = record
+	go func() { <-ctx.Done(); stop() }()
+	g.Go(func() error {
+		return watcher.RunKubernetes(ctx, client, a.cfg.model.NodeName, a.tracker, 15*time.Minute)
+	})
+	return nil
+}
+
+func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+	var rc *rest.Config
+	var err error
+	if kubeconfig == "" {
+		rc, err = rest.InClusterConfig()
+	} else {
+		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("API server configuration (--kubeconfig %q): %w", kubeconfig, err)
+	}
+	rc.UserAgent = "switchyard/" + version
+	rc.QPS, rc.Burst = 50, 100
+	return kubernetes.NewForConfig(rc)
+}
+
+func (a *agent) startServers(ctx context.Context, g *errgroup.Group) {
+	if a.cfg.healthzAddr != "" {
+		serve(ctx, g, "healthz", a.cfg.healthzAddr, a.health.Handler())
+	}
+	if a.cfg.metricsAddr != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, a.backend.Name()) })
+		mux.Handle("/healthz", a.health.Handler())
+		mux.Handle("/livez", a.health.Handler())
+		serve(ctx, g, "metrics", a.cfg.metricsAddr, mux)
+	}
+}
+
+func serve(ctx context.Context, g *errgroup.Group, name, addr string, h http.Handler) {
+	srv := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	g.Go(func() error {
+		go func() {
+			<-ctx.Done()
+			shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := srv.Shutdown(shutdown); err != nil {
+				klog.ErrorS(err, "Stopping a server", "server", name)
+			}
+		}()
+		if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("%s server on %s: %w", name, addr, err)
+		}
+		return nil
+	})
+}
+
+func logProblems(n dataplane.ServiceName, ps []dataplane.Problem) {
+	for _, p := range ps {
+		klog.InfoS("Service problem", "service", n, "reason", p.Reason, "message", p.Message)
+	}
+}

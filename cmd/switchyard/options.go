@@ -1,0 +1,195 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/switchyard/switchyard/dataplane"
+)
+
+// Modes the agent knows. Only the ones in builtModes can run today.
+var (
+	knownModes = []string{"auto", "ebpf", "iptables", "ipvs", "print"}
+	builtModes = map[string]bool{"print": true}
+)
+
+// options are the agent's flags, named and defaulted like kube-proxy's.
+type options struct {
+	kubeconfig         string
+	hostnameOverride   string
+	mode               string
+	clusterCIDR        string
+	nodePortAddresses  []string
+	localhostNodePorts bool
+	masqueradeAll      bool
+	healthzBindAddress string
+	metricsBindAddress string
+	syncPeriod         time.Duration
+	minSyncPeriod      time.Duration
+	configFile         string
+	source             string
+	nodePortRange      string
+	once               bool
+
+	flags *pflag.FlagSet
+}
+
+func newOptions() *options {
+	return &options{
+		mode:               "auto",
+		localhostNodePorts: true,
+		healthzBindAddress: "0.0.0.0:10256",
+		metricsBindAddress: "127.0.0.1:10249",
+		syncPeriod:         30 * time.Second,
+		source:             "apiserver",
+		nodePortRange:      "30000-32767",
+	}
+}
+
+func (o *options) addFlags(fs *pflag.FlagSet) {
+	o.flags = fs
+	fs.StringVar(&o.kubeconfig, "kubeconfig", o.kubeconfig, "Path to a kubeconfig file; empty means the in-cluster configuration.")
+	fs.StringVar(&o.hostnameOverride, "hostname-override", o.hostnameOverride, "The name of this node, if not the host name.")
+	fs.StringVar(&o.mode, "mode", o.mode, "Dataplane: auto, ebpf, iptables, ipvs or print (a dry run that prints the desired state). auto picks ebpf when the kernel supports it, else iptables.")
+	fs.StringVar(&o.clusterCIDR, "cluster-cidr", o.clusterCIDR, "Comma-separated pod CIDRs; traffic from them is pod traffic (the local-traffic detector). Empty: no detector.")
+	fs.StringSliceVar(&o.nodePortAddresses, "nodeport-addresses", o.nodePortAddresses, "CIDRs (or \"primary\") selecting the node addresses NodePorts are served on. Empty: all node addresses.")
+	fs.BoolVar(&o.localhostNodePorts, "localhost-nodeports", o.localhostNodePorts, "Also serve NodePorts on 127.0.0.1 (IPv4).")
+	fs.BoolVar(&o.masqueradeAll, "masquerade-all", o.masqueradeAll, "SNAT all traffic sent to cluster IPs.")
+	fs.StringVar(&o.healthzBindAddress, "healthz-bind-address", o.healthzBindAddress, "ip:port for /healthz and /livez; empty disables.")
+	fs.StringVar(&o.metricsBindAddress, "metrics-bind-address", o.metricsBindAddress, "ip:port for /metrics; empty disables.")
+	fs.DurationVar(&o.syncPeriod, "sync-period", o.syncPeriod, "Period of full resyncs (> 0).")
+	fs.DurationVar(&o.minSyncPeriod, "min-sync-period", o.minSyncPeriod, "Minimum time between syncs (default 0 for ebpf and print, 1s for iptables and ipvs).")
+	fs.StringVar(&o.configFile, "config", o.configFile, "A KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1) file; flags given on the command line override it.")
+	fs.StringVar(&o.source, "source", o.source, "Where Services come from: apiserver, or file:PATH (a file or directory of YAML manifests, re-read on change).")
+	fs.StringVar(&o.nodePortRange, "node-port-range", o.nodePortRange, "The cluster's NodePort range (FIRST-LAST); NodePorts outside it are not programmed, and it is reserved in net.ipv4.ip_local_reserved_ports.")
+	fs.BoolVar(&o.once, "once", o.once, "Sync once and exit (for dry runs with --mode=print).")
+}
+
+// usageError is a bad flag, config file or argument: the process exits 2.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func flagErr(flag, format string, args ...any) error {
+	return usageError{fmt.Errorf("--%s: %s", flag, fmt.Sprintf(format, args...))}
+}
+
+// agentConfig is the validated result of the options.
+type agentConfig struct {
+	model         dataplane.Config
+	mode          string
+	kubeconfig    string
+	sourceFile    string // "" for the API server
+	healthzAddr   string
+	metricsAddr   string
+	syncPeriod    time.Duration
+	minSyncPeriod time.Duration
+	once          bool
+}
+
+// complete applies the config file (command-line flags win), then validates
+// everything. It touches nothing on the system.
+func (o *options) complete() (*agentConfig, error) {
+	if o.configFile != "" {
+		if err := o.applyConfigFile(o.configFile); err != nil {
+			return nil, err
+		}
+	}
+	return o.validate()
+}
+
+func (o *options) validate() (*agentConfig, error) {
+	c := &agentConfig{model: dataplane.DefaultConfig(), kubeconfig: o.kubeconfig, once: o.once}
+	if !slices.Contains(knownModes, o.mode) {
+		return nil, flagErr("mode", "unknown mode %q; want one of %s", o.mode, strings.Join(knownModes, ", "))
+	}
+	c.mode = o.mode
+	name, err := nodeName(o.hostnameOverride)
+	if err != nil {
+		return nil, err
+	}
+	c.model.NodeName = name
+	for _, s := range strings.Split(o.clusterCIDR, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, flagErr("cluster-cidr", "%q is not a CIDR", s)
+		}
+		c.model.ClusterCIDRs = append(c.model.ClusterCIDRs, p.Masked())
+	}
+	if c.model.NodePortAddresses, err = dataplane.ParseNodePortAddresses(o.nodePortAddresses); err != nil {
+		return nil, flagErr("nodeport-addresses", "%v", err)
+	}
+	c.model.LocalhostNodePorts = o.localhostNodePorts
+	c.model.MasqueradeAll = o.masqueradeAll
+	if c.model.NodePortRange, err = dataplane.ParsePortRange(o.nodePortRange); err != nil {
+		return nil, flagErr("node-port-range", "%v", err)
+	}
+	if c.healthzAddr, err = bindAddress("healthz-bind-address", o.healthzBindAddress); err != nil {
+		return nil, err
+	}
+	if c.metricsAddr, err = bindAddress("metrics-bind-address", o.metricsBindAddress); err != nil {
+		return nil, err
+	}
+	if o.syncPeriod <= 0 {
+		return nil, flagErr("sync-period", "must be greater than 0, got %s", o.syncPeriod)
+	}
+	if o.minSyncPeriod < 0 {
+		return nil, flagErr("min-sync-period", "must not be negative, got %s", o.minSyncPeriod)
+	}
+	c.syncPeriod, c.minSyncPeriod = o.syncPeriod, o.minSyncPeriod
+	if !o.flags.Changed("min-sync-period") && o.minSyncPeriod == 0 && (o.mode == "iptables" || o.mode == "ipvs") {
+		c.minSyncPeriod = time.Second // kube-proxy's default for rule-rewriting modes
+	}
+	switch {
+	case o.source == "apiserver":
+	case strings.HasPrefix(o.source, "file:") && len(o.source) > len("file:"):
+		c.sourceFile = strings.TrimPrefix(o.source, "file:")
+	default:
+		return nil, flagErr("source", "want apiserver or file:PATH, got %q", o.source)
+	}
+	return c, nil
+}
+
+func nodeName(override string) (string, error) {
+	name := strings.TrimSpace(override)
+	if name == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return "", fmt.Errorf("finding the node name: %w (set --hostname-override)", err)
+		}
+		name = h
+	}
+	return strings.ToLower(name), nil
+}
+
+// bindAddress checks an ip:port; empty disables the server.
+func bindAddress(flag, s string) (string, error) {
+	if s == "" {
+		return "", nil
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", flagErr(flag, "%q is not ip:port", s)
+	}
+	if host != "" {
+		if _, err := netip.ParseAddr(host); err != nil {
+			return "", flagErr(flag, "%q is not an IP address", host)
+		}
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		return "", flagErr(flag, "%q is not a port", port)
+	}
+	return s, nil
+}
