@@ -4,7 +4,7 @@ BIN     := bin/switchyard
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test unit lint generate demo bench clean
+.PHONY: all build test unit lint generate demo bench clean prereqs
 
 all: build
 
@@ -12,7 +12,11 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/switchyard
 
 # Every test: formatting and vet, then the unit tests (with the race detector).
-test: lint unit
+test: prereqs lint unit
+
+# Debian packages the tests use (installed when missing).
+prereqs:
+	test/prereqs.sh
 
 unit:
 	$(GO) test -race -count=1 ./...
