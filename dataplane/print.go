@@ -34,6 +34,7 @@ func (p *PrintBackend) Sync(_ context.Context, st *State, changes *ChangeSet) er
 	}
 	fmt.Fprintf(p.out, "# sync %d (%s): node %s %v, %d services, %d frontends\n",
 		p.n, kind, st.Node.Name, st.Node.IPs, len(st.Services), len(st.Frontends))
+	fmt.Fprintln(p.out, "# (L) endpoint on this node, (T) terminating, +masq: SNAT to the node; ! a problem with the service")
 	return WriteTable(p.out, st)
 }
 
