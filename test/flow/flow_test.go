@@ -131,3 +131,20 @@ func TestJudge(t *testing.T) {
 		}
 	}
 }
+
+// The flow files in the repo stay loadable.
+func TestRepoFlowFiles(t *testing.T) {
+	paths, err := filepath.Glob("../flows/*.json")
+	if err != nil || len(paths) == 0 {
+		t.Fatalf("no flow files: %v", err)
+	}
+	cases, err := Load(paths...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cases {
+		if len(c.Flows) == 0 {
+			t.Errorf("case %q has no flows", c.Name)
+		}
+	}
+}
