@@ -45,8 +45,16 @@ func runAgent(ctx context.Context, cfg *agentConfig, out, log io.Writer) error {
 	a := &agent{cfg: cfg, backend: backend, registry: prometheus.NewRegistry()}
 	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.health = healthcheck.NewProxyHealth(2*cfg.syncPeriod, time.Now)
-	a.services = healthcheck.NewServiceHealth(net.Listen, a.health.IsHealthy)
-	defer a.services.Close()
+	if mode != "print" {
+		// A dry run programs nothing, so it must not tell load balancers to send
+		// traffic here either.
+		a.services = healthcheck.NewServiceHealth(net.Listen, a.health.IsHealthy)
+		defer func() {
+			if err := a.services.Close(); err != nil {
+				klog.ErrorS(err, "Closing health check node ports")
+			}
+		}()
+	}
 	a.problems = logProblems
 	a.tracker = dataplane.NewTracker(cfg.model, func() { a.runner.Kick() })
 	a.runner = dataplane.NewRunner(backend, a.tracker, dataplane.RunnerConfig{
@@ -93,7 +101,10 @@ func sourceName(cfg *agentConfig) string {
 func (a *agent) synced(st *dataplane.State) {
 	a.health.Updated()
 	a.health.SyncNode(st.Node.Eligible)
-	var addrs = st.NodePortAddrs(a.cfg.model)
+	if a.services == nil {
+		return
+	}
+	addrs := st.NodePortAddrs(a.cfg.model)
 	if a.cfg.model.NodePortAddresses.All() {
 		addrs = nil // listen on every address, as kube-proxy does
 	}
