@@ -1,0 +1,37 @@
+package main
+
+import (
+	"net/netip"
+	"reflect"
+	"testing"
+)
+
+func TestParsePorts(t *testing.T) {
+	got, err := parsePorts("80, 8080,,53")
+	if err != nil || !reflect.DeepEqual(got, []int{80, 8080, 53}) {
+		t.Errorf("got %v, %v", got, err)
+	}
+	for _, bad := range []string{"0", "65536", "http", "80,-1"} {
+		if _, err := parsePorts(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// TestPktinfoRoundTrip: the control message built for a reply parses back to the same address, for
+// the dual-stack socket (IPv4-mapped and IPv6) and the IPv4-only one.
+func TestPktinfoRoundTrip(t *testing.T) {
+	for _, c := range []struct {
+		v6   bool
+		addr string
+	}{{true, "::ffff:10.0.1.1"}, {true, "fd00:1::1"}, {false, "10.0.1.1"}} {
+		a := netip.MustParseAddr(c.addr)
+		got, ok := pktinfoDst(srcCmsg(c.v6, a))
+		if !ok || got != a {
+			t.Errorf("%s: got %s %v", c.addr, got, ok)
+		}
+	}
+	if _, ok := pktinfoDst(nil); ok {
+		t.Error("no control message parsed as an address")
+	}
+}

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func probeTCP(o options) result {
+	deadline := time.Now().Add(o.timeout)
+	d := net.Dialer{Deadline: deadline}
+	if o.src.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: o.src.AsSlice()}
+	}
+	c, err := d.Dial("tcp", o.dst.String())
+	if err != nil {
+		return failure(err)
+	}
+	defer c.Close()
+	if err := c.SetDeadline(deadline); err != nil {
+		return failure(err)
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	r := parseReply(line, err)
+	r.Local = c.LocalAddr().String()
+	return r
+}
+
+func probeUDP(o options) result {
+	var laddr *net.UDPAddr
+	if o.src.IsValid() {
+		laddr = &net.UDPAddr{IP: o.src.AsSlice()}
+	}
+	c, err := net.DialUDP("udp", laddr, net.UDPAddrFromAddrPort(o.dst))
+	if err != nil {
+		return failure(err)
+	}
+	defer c.Close()
+	if err := c.SetDeadline(time.Now().Add(o.timeout)); err != nil {
+		return failure(err)
+	}
+	if _, err := c.Write([]byte("probe\n")); err != nil {
+		return failure(err)
+	}
+	buf := make([]byte, 512)
+	n, err := c.Read(buf)
+	r := parseReply(string(buf[:n]), err)
+	r.Local = c.LocalAddr().String()
+	return r
+}
+
+// parseReply turns the echo server's "<local> <peer>\n" (or the error reading it) into a result.
+func parseReply(line string, err error) result {
+	// A reply without its newline still counts: the server closed right after writing.
+	if err != nil && !(errors.Is(err, io.EOF) && line != "") {
+		if errors.Is(err, io.EOF) {
+			return result{Result: "error", Error: "closed without a reply"}
+		}
+		return failure(err)
+	}
+	f := strings.Fields(line)
+	if len(f) != 2 {
+		return result{Result: "error", Error: fmt.Sprintf("malformed reply %q", line)}
+	}
+	return result{Result: "ok", Endpoint: f[0], Peer: f[1]}
+}
+
+// failure classifies an error; see the package doc for the mapping.
+func failure(err error) result {
+	r := result{Result: "error", Error: err.Error()}
+	var ne net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.EHOSTUNREACH),
+		errors.Is(err, syscall.ENETUNREACH):
+		r.Result = "refused"
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		r.Result = "timeout"
+	}
+	return r
+}

@@ -1,0 +1,122 @@
+package flowrun
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/switchyard/switchyard/test/flow"
+	"github.com/switchyard/switchyard/test/topology"
+)
+
+// apiPortInNode is where the API server appears inside the node namespace.
+const apiPortInNode = 6443
+
+// kubeProxyArgs are upstream kube-proxy's flags for a case.
+func kubeProxyArgs(mode string, c flow.Case, kubeconfig string) []string {
+	args := []string{
+		"--proxy-mode=" + mode,
+		"--kubeconfig=" + kubeconfig,
+		"--hostname-override=" + c.Node.Name,
+		"--healthz-bind-address=127.0.0.1:10256",
+		"--metrics-bind-address=127.0.0.1:10249",
+		// Conntrack limits are global to the machine, not the namespace: leave them.
+		"--conntrack-max-per-core=0",
+		"--v=2",
+	}
+	if c.Config.ClusterCIDR != "" {
+		args = append(args, "--cluster-cidr="+c.Config.ClusterCIDR)
+	}
+	if len(c.Config.NodePortAddresses) > 0 {
+		args = append(args, "--nodeport-addresses="+strings.Join(c.Config.NodePortAddresses, ","))
+	}
+	if c.Config.MasqueradeAll {
+		args = append(args, "--masquerade-all")
+	}
+	if mode == "iptables" {
+		lh := c.Config.LocalhostNodePorts == nil || *c.Config.LocalhostNodePorts
+		args = append(args, "--iptables-localhost-nodeports="+strconv.FormatBool(lh))
+	}
+	return args
+}
+
+// startKubeProxy runs upstream kube-proxy in the node namespace (and cgroup) and
+// waits for its first sync, which includes every object already published.
+func (o Options) startKubeProxy(ctx context.Context, topo *topology.Topology, c flow.Case) (stop func() error, err error) {
+	mode := strings.TrimPrefix(o.Proxy, "kube-proxy-")
+	stopBridge, err := o.API.BridgeIntoNetns(topology.NetnsPath(topo.NodeNS()), apiPortInNode)
+	if err != nil {
+		return nil, err
+	}
+	kubeconfig, err := o.API.KubeconfigFor(fmt.Sprintf("https://127.0.0.1:%d", apiPortInNode))
+	if err != nil {
+		return nil, errors.Join(err, stopBridge())
+	}
+	logPath := filepath.Join(os.TempDir(), topo.Prefix()+"-kube-proxy.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, errors.Join(err, stopBridge())
+	}
+	cmd := topo.CommandContext(ctx, topo.NodeNS(), o.KubeProxyBin, kubeProxyArgs(mode, c, kubeconfig)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := topo.Start(cmd); err != nil {
+		return nil, errors.Join(err, logf.Close(), stopBridge())
+	}
+	stop = func() error {
+		sigErr := cmd.Process.Signal(syscall.SIGTERM)
+		waitErr := cmd.Wait()
+		var exit *exec.ExitError
+		if errors.As(waitErr, &exit) {
+			waitErr = nil // it exits non-zero on SIGTERM
+		}
+		rmErr := os.Remove(logPath)
+		return errors.Join(sigErr, waitErr, logf.Close(), stopBridge(), rmErr)
+	}
+	if err := waitSynced(ctx, topo); err != nil {
+		log, _ := os.ReadFile(logPath)
+		return nil, errors.Join(fmt.Errorf("kube-proxy (%s) did not sync: %w\n%s", mode, err, tail(string(log), 30)), stop())
+	}
+	return stop, nil
+}
+
+var lastSync = regexp.MustCompile(`(?m)^kubeproxy_sync_proxy_rules_last_timestamp_seconds(?:{[^}]*})? ([0-9.e+]+)$`)
+
+// waitSynced polls kube-proxy's metrics inside the node namespace until a sync
+// has happened.
+func waitSynced(ctx context.Context, topo *topology.Topology) error {
+	deadline := time.Now().Add(60 * time.Second)
+	var last error
+	for time.Now().Before(deadline) {
+		out, err := topo.Run(ctx, topo.NodeNS(), "curl", "-s", "--max-time", "2", "http://127.0.0.1:10249/metrics")
+		if err == nil {
+			if m := lastSync.FindStringSubmatch(out); m != nil {
+				if v, _ := strconv.ParseFloat(m[1], 64); v > 0 {
+					return nil
+				}
+			}
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("no sync within 60s (last metrics error: %v)", last)
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

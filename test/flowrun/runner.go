@@ -1,0 +1,230 @@
+// Package flowrun runs flow cases against a proxy in simulated nodes: for every
+// case it builds a topology, publishes the case's objects, starts the proxy in the
+// node namespace, probes every flow from where its source runs, and judges.
+package flowrun
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/switchyard/switchyard/test/flow"
+	"github.com/switchyard/switchyard/test/topology"
+)
+
+// Proxies the runner knows.
+var Proxies = []string{"switchyard-ebpf", "switchyard-iptables", "switchyard-ipvs", "kube-proxy-iptables", "kube-proxy-nftables"}
+
+// Options configure a run.
+type Options struct {
+	Proxy  string
+	Source string // "apiserver" or "file"
+	// Run selects cases and flows by name (either matches); nil: all.
+	Run  *regexp.Regexp
+	Keep bool // leave each topology up (and stop after the first case)
+	Out  io.Writer
+
+	EchoBin, ProbeBin string
+	// KubeProxyBin and API are needed for the kube-proxy proxies.
+	KubeProxyBin string
+	API          API
+}
+
+// API is the control plane the objects are published to.
+type API interface {
+	Client() kubernetes.Interface
+	BridgeIntoNetns(nsPath string, port int) (stop func() error, err error)
+	KubeconfigFor(server string) (string, error)
+}
+
+// Outcome is the result of one flow.
+type Outcome struct {
+	Case     string `json:"case"`
+	Flow     string `json:"flow"`
+	Status   string `json:"status"` // PASS, FAIL, SKIP
+	Expected string `json:"expected"`
+	Got      string `json:"got"`
+}
+
+// Report is a whole run.
+type Report struct {
+	Proxy    string    `json:"proxy"`
+	Source   string    `json:"source"`
+	Outcomes []Outcome `json:"outcomes"`
+	Passed   int       `json:"passed"`
+	Failed   int       `json:"failed"`
+	Skipped  int       `json:"skipped"`
+}
+
+func (r *Report) add(o Outcome, out io.Writer) {
+	r.Outcomes = append(r.Outcomes, o)
+	switch o.Status {
+	case "PASS":
+		r.Passed++
+	case "FAIL":
+		r.Failed++
+	default:
+		r.Skipped++
+	}
+	fmt.Fprintf(out, "%s %s / %s: expected %s got %s\n", o.Status, o.Case, o.Flow, o.Expected, o.Got)
+}
+
+// Summary is the last line of a run.
+func (r *Report) Summary() string {
+	return fmt.Sprintf("%d passed, %d failed, %d skipped", r.Passed, r.Failed, r.Skipped)
+}
+
+// Run runs the cases. An error means the harness itself failed, not a flow.
+func Run(ctx context.Context, o Options, cases []flow.Case) (*Report, error) {
+	rep := &Report{Proxy: o.Proxy, Source: o.Source}
+	for _, c := range cases {
+		flows := o.selected(c)
+		if len(flows) == 0 {
+			continue
+		}
+		skip := o.skipReason(c)
+		var outcomes []Outcome
+		if skip == "" {
+			var err error
+			if outcomes, err = o.runCase(ctx, c, flows); err != nil {
+				return rep, fmt.Errorf("case %q (%s): %w", c.Name, c.File, err)
+			}
+		} else {
+			for _, f := range flows {
+				outcomes = append(outcomes, Outcome{Case: c.Name, Flow: f.Name, Status: "SKIP", Expected: expected(f), Got: skip})
+			}
+		}
+		for _, oc := range outcomes {
+			rep.add(oc, o.Out)
+		}
+		if o.Keep && skip == "" {
+			fmt.Fprintf(o.Out, "--keep: stopping after case %q with its topology up\n", c.Name)
+			break
+		}
+	}
+	return rep, nil
+}
+
+func (o Options) selected(c flow.Case) []flow.Flow {
+	if o.Run == nil || o.Run.MatchString(c.Name) {
+		return c.Flows
+	}
+	var out []flow.Flow
+	for _, f := range c.Flows {
+		if o.Run.MatchString(f.Name) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func (o Options) skipReason(c flow.Case) string {
+	if !c.AppliesTo(o.Proxy) {
+		return "(skipped: the expectations are for " + strings.Join(c.Proxies, ", ") + ")"
+	}
+	if strings.HasPrefix(o.Proxy, "switchyard-") {
+		return "(skipped: the " + strings.TrimPrefix(o.Proxy, "switchyard-") + " dataplane is not built yet)"
+	}
+	return ""
+}
+
+// runCase builds the case's world, starts the proxy and runs the flows.
+func (o Options) runCase(ctx context.Context, c flow.Case, flows []flow.Flow) (outcomes []Outcome, err error) {
+	sc, pods := o.scenario(c)
+	topo, err := topology.Build(ctx, sc)
+	if err != nil {
+		return nil, err
+	}
+	if !o.Keep {
+		defer closeInto(topo.Close, &err)
+	}
+	objs := c.ToObjects()
+	if err := flow.Publish(ctx, o.API.Client(), objs); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if uerr := flow.Unpublish(context.WithoutCancel(ctx), o.API.Client(), objs); uerr != nil && err == nil {
+			err = uerr
+		}
+	}()
+	stop, err := o.startKubeProxy(ctx, topo, c)
+	if err != nil {
+		return nil, err
+	}
+	if !o.Keep {
+		defer closeInto(stop, &err)
+	}
+	w := world{topo: topo, c: c, pods: pods, o: o}
+	for _, f := range flows {
+		oc, err := w.run(ctx, f)
+		if err != nil {
+			return outcomes, fmt.Errorf("flow %q: %w", f.Name, err)
+		}
+		outcomes = append(outcomes, oc)
+	}
+	return outcomes, nil
+}
+
+func closeInto(f func() error, err *error) {
+	if cerr := f(); cerr != nil && *err == nil {
+		*err = cerr
+	}
+}
+
+// scenario turns a case into a topology: its node, a remote node for the endpoints
+// elsewhere, a pod per endpoint and client pod, and the external clients.
+func (o Options) scenario(c flow.Case) (topology.Scenario, map[string]string) {
+	sc := topology.Scenario{
+		Node:    topology.Node{Name: c.Node.Name, IPs: c.Node.IPs},
+		EchoBin: o.EchoBin, ProbeBin: o.ProbeBin,
+	}
+	pods := map[string]string{} // pod IP -> pod name
+	for i, p := range c.Pods() {
+		name := fmt.Sprintf("pod%d", i)
+		pods[p.IP] = name
+		tp := topology.Pod{Name: name, IP: p.IP, Local: p.Local}
+		for _, port := range p.TCP {
+			tp.Ports = append(tp.Ports, topology.Port{Protocol: "TCP", Port: port})
+		}
+		for _, port := range p.UDP {
+			tp.Ports = append(tp.Ports, topology.Port{Protocol: "UDP", Port: port})
+		}
+		sc.Pods = append(sc.Pods, tp)
+		if !p.Local {
+			sc.RemoteNode = topology.Node{Name: "remote", IPs: []string{remoteNodeIP(c)}}
+		}
+	}
+	for _, ip := range c.ExternalClients() {
+		sc.External = append(sc.External, topology.Client{IP: ip})
+	}
+	return sc, pods
+}
+
+// remoteNodeIP picks an address next to the node's first one.
+func remoteNodeIP(c flow.Case) string {
+	a := netip.MustParseAddr(c.Node.IPs[0])
+	for i := 0; i < 16; i++ {
+		a = a.Next()
+		if !slices.Contains(c.Node.IPs, a.String()) {
+			return a.String()
+		}
+	}
+	return a.String()
+}
+
+// probeTimeout is how long a connection may take before it counts as dropped.
+const probeTimeout = 1500 * time.Millisecond
+
+func expected(f flow.Flow) string {
+	if f.Output == "" {
+		return "untouched"
+	}
+	return f.Output
+}
