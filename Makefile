@@ -4,15 +4,16 @@ BIN     := bin/switchyard
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test unit lint generate demo bench clean prereqs controlplane
+.PHONY: all build test unit lint generate demo bench clean prereqs controlplane flows
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/switchyard
 
-# Every test: formatting and vet, then the unit tests (with the race detector).
-test: prereqs controlplane lint unit
+# Every test: formatting and vet, the unit and integration tests (with the race
+# detector), then the flow files against upstream kube-proxy in both modes.
+test: prereqs controlplane lint unit flows
 
 # Debian packages the tests use (installed when missing).
 prereqs:
@@ -30,6 +31,12 @@ lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfe[lb].go$$')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
+
+# The flow conformance runner against the oracle: upstream kube-proxy.
+FLOWS := $(wildcard test/flows/*.json)
+flows:
+	$(GO) run ./test/cmd/flowtest --proxy=kube-proxy-nftables $(FLOWS)
+	$(GO) run ./test/cmd/flowtest --proxy=kube-proxy-iptables $(FLOWS)
 
 # Regenerates bpf2go output (none yet; the eBPF dataplane brings it).
 generate:

@@ -145,6 +145,9 @@ func (o Options) runCase(ctx context.Context, c flow.Case, flows []flow.Flow) (o
 	if !o.Keep {
 		defer closeInto(topo.Close, &err)
 	}
+	if err := topo.AssertIsolated(); err != nil {
+		return nil, err
+	}
 	objs := c.ToObjects()
 	if err := flow.Publish(ctx, o.API.Client(), objs); err != nil {
 		return nil, err

@@ -21,7 +21,7 @@ func claimPrefix(prefix string) error {
 	if err := os.MkdirAll(ownerDir, 0o755); err != nil {
 		return fmt.Errorf("owner directory: %w", err)
 	}
-	start, err := startTime(os.Getpid())
+	start, _, err := startTime(os.Getpid())
 	if err != nil {
 		return err
 	}
@@ -68,23 +68,24 @@ func ownerAlive(prefix string) bool {
 	if _, err := fmt.Sscan(string(b), &pid, &start); err != nil {
 		return false
 	}
-	now, err := startTime(pid)
-	return err == nil && now == start
+	now, state, err := startTime(pid)
+	// A killed owner stays a zombie until PID 1 reaps it: it is gone all the same.
+	return err == nil && now == start && state != "Z"
 }
 
-// startTime is field 22 of /proc/PID/stat (in clock ticks since boot).
-func startTime(pid int) (string, error) {
+// startTime is field 22 of /proc/PID/stat (in clock ticks since boot), with the state (field 3).
+func startTime(pid int) (start, state string, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return "", fmt.Errorf("process start time: %w", err)
+		return "", "", fmt.Errorf("process start time: %w", err)
 	}
 	// The command name (field 2) may contain spaces; the fields after it are plain.
 	s := string(b)
 	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
 	if len(fields) < 20 {
-		return "", fmt.Errorf("short /proc/%d/stat", pid)
+		return "", "", fmt.Errorf("short /proc/%d/stat", pid)
 	}
-	return fields[19], nil
+	return fields[19], fields[0], nil
 }
 
 var live = struct {

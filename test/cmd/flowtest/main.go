@@ -93,6 +93,14 @@ func runCases(ctx context.Context, o flowrun.Options, cases []flow.Case) (*flowr
 	if err := topology.Prerequisites(); err != nil {
 		return nil, err
 	}
+	// Leftovers of runs that were killed (their owner process is gone).
+	removed, err := topology.Cleanup(false)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range removed {
+		fmt.Fprintln(os.Stderr, "flowtest: removed leftover", r)
+	}
 	tmp, err := os.MkdirTemp("", "flowtest-")
 	if err != nil {
 		return nil, err
