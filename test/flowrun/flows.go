@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
-	"time"
 
 	"github.com/switchyard/switchyard/test/flow"
 	"github.com/switchyard/switchyard/test/topology"
@@ -112,19 +110,14 @@ func settled(rs []flow.Result, out flow.Output) bool {
 // listener the runner puts there answers.
 func (w world) runUntouchedToNode(ctx context.Context, oc Outcome, ns, src, proto, dst string) (Outcome, error) {
 	ap := netip.MustParseAddrPort(dst)
-	flag := "-tcp"
-	if proto == "udp" {
-		flag = "-udp"
-	}
-	cmd := w.topo.CommandContext(ctx, w.topo.NodeNS(), w.o.EchoBin, flag, strconv.Itoa(int(ap.Port())))
-	if err := w.topo.Start(cmd); err != nil {
+	cmd, err := w.topo.StartEcho(ctx, w.topo.NodeNS(), []topology.Port{{Protocol: strings.ToUpper(proto), Port: int(ap.Port())}})
+	if err != nil {
 		return oc, fmt.Errorf("listener on the node: %w", err)
 	}
 	defer func() {
 		_ = cmd.Process.Kill() // the listener's exit status is of no interest
 		_ = cmd.Wait()
 	}()
-	time.Sleep(200 * time.Millisecond) // let it bind
 	rs, err := w.topo.Probe(ctx, ns, proto, dst, topology.ProbeOptions{Src: src, Timeout: probeTimeout, N: refusalTries})
 	if err != nil {
 		return oc, err

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os/exec"
 	"strconv"
 	"strings"
 	"time"
@@ -68,38 +69,9 @@ func (t *Topology) startServers(ctx context.Context) error {
 }
 
 func (t *Topology) startServer(ctx context.Context, pod Pod) error {
-	args := echoArgs(pod.Ports)
-	cmd := t.Command(t.PodNS(pod.Name), t.Scenario.EchoBin, args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.StdoutPipe()
+	cmd, err := t.StartEcho(ctx, t.PodNS(pod.Name), pod.Ports)
 	if err != nil {
-		return fmt.Errorf("echo stdout: %w", err)
-	}
-	if err := t.Start(cmd); err != nil {
 		return err
-	}
-	ready := make(chan error, 1)
-	go func() {
-		line, err := bufio.NewReader(out).ReadString('\n')
-		if err == nil && strings.TrimSpace(line) != "ready" {
-			err = fmt.Errorf("unexpected first line %q", line)
-		}
-		ready <- err
-	}()
-	select {
-	case err = <-ready:
-	case <-time.After(10 * time.Second):
-		err = fmt.Errorf("not ready after 10s")
-	case <-ctx.Done():
-		err = ctx.Err()
-	}
-	if err != nil {
-		// Kill before reading stderr, so the buffer is complete and no longer written to.
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		return fmt.Errorf("echo server %s %s: %w: %s", t.Scenario.EchoBin, strings.Join(args, " "), err,
-			strings.TrimSpace(stderr.String()))
 	}
 	t.mu.Lock()
 	t.servers[pod.Name] = append(t.servers[pod.Name], cmd)
@@ -124,4 +96,43 @@ func echoArgs(ports []Port) []string {
 		args = append(args, "-udp", strings.Join(udp, ","))
 	}
 	return args
+}
+
+// StartEcho starts the echo server inside ns on ports and returns once it accepts
+// traffic on all of them. Close kills it; kill and Wait it yourself to stop it sooner.
+func (t *Topology) StartEcho(ctx context.Context, ns string, ports []Port) (*exec.Cmd, error) {
+	args := echoArgs(ports)
+	cmd := t.Command(ns, t.Scenario.EchoBin, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, fmt.Errorf("echo stdout: %w", err)
+	}
+	if err := t.Start(cmd); err != nil {
+		return nil, err
+	}
+	ready := make(chan error, 1)
+	go func() {
+		line, err := bufio.NewReader(out).ReadString('\n')
+		if err == nil && strings.TrimSpace(line) != "ready" {
+			err = fmt.Errorf("unexpected first line %q", line)
+		}
+		ready <- err
+	}()
+	select {
+	case err = <-ready:
+	case <-time.After(10 * time.Second):
+		err = fmt.Errorf("not ready after 10s")
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	if err != nil {
+		// Kill before reading stderr, so the buffer is complete and no longer written to.
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, fmt.Errorf("echo server %s %s: %w: %s", t.Scenario.EchoBin, strings.Join(args, " "), err,
+			strings.TrimSpace(stderr.String()))
+	}
+	return cmd, nil
 }
