@@ -165,3 +165,32 @@ func (c *Case) validate() error {
 func (c *Case) AppliesTo(proxy string) bool {
 	return len(c.Proxies) == 0 || slices.Contains(c.Proxies, proxy)
 }
+
+// ServiceCIDRs returns the service CIDRs the cases ask the API server for, at most
+// one per family (dual-stack: IPv4 first), or an error when cases disagree.
+func ServiceCIDRs(cases []Case) ([]string, error) {
+	var v4, v6 string
+	for _, c := range cases {
+		for _, s := range c.Config.ServiceCIDRs {
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				return nil, fmt.Errorf("case %q: service CIDR %q: %w", c.Name, s, err)
+			}
+			cur := &v4
+			if p.Addr().Is6() {
+				cur = &v6
+			}
+			if *cur != "" && *cur != p.String() {
+				return nil, fmt.Errorf("case %q wants service CIDR %s, another case %s: run them separately", c.Name, p, *cur)
+			}
+			*cur = p.String()
+		}
+	}
+	var out []string
+	for _, s := range []string{v4, v6} {
+		if s != "" {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}

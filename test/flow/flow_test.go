@@ -148,3 +148,14 @@ func TestRepoFlowFiles(t *testing.T) {
 		}
 	}
 }
+
+func TestServiceCIDRs(t *testing.T) {
+	c := func(cidrs ...string) Case { return Case{Name: "c", Config: Config{ServiceCIDRs: cidrs}} }
+	got, err := ServiceCIDRs([]Case{c("fd00:30::/108"), c("172.30.0.0/16"), c()})
+	if err != nil || strings.Join(got, ",") != "172.30.0.0/16,fd00:30::/108" {
+		t.Errorf("got %v, %v", got, err)
+	}
+	if _, err := ServiceCIDRs([]Case{c("172.30.0.0/16"), c("10.96.0.0/12")}); err == nil {
+		t.Error("disagreeing cases must fail")
+	}
+}

@@ -47,8 +47,10 @@ func (c *Case) SourceKind(ip string) SourceKind {
 			return EndpointSource
 		}
 	}
-	if cidr, err := netip.ParsePrefix(c.Config.ClusterCIDR); err == nil && cidr.Contains(a) {
-		return PodSource
+	for _, s := range strings.Split(c.Config.ClusterCIDR, ",") {
+		if cidr, err := netip.ParsePrefix(strings.TrimSpace(s)); err == nil && cidr.Contains(a) {
+			return PodSource
+		}
 	}
 	return ExternalSource
 }

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -80,28 +82,59 @@ func (o Options) startKubeProxy(ctx context.Context, topo *topology.Topology, c 
 		rmErr := os.Remove(logPath)
 		return errors.Join(sigErr, waitErr, logf.Close(), stopBridge(), rmErr)
 	}
-	if err := waitSynced(ctx, topo); err != nil {
+	if err := waitSynced(ctx, topo, nodeFamilies(c)); err != nil {
 		log, _ := os.ReadFile(logPath)
 		return nil, errors.Join(fmt.Errorf("kube-proxy (%s) did not sync: %w\n%s", mode, err, tail(string(log), 30)), stop())
 	}
 	return stop, nil
 }
 
-var lastSync = regexp.MustCompile(`(?m)^kubeproxy_sync_proxy_rules_last_timestamp_seconds(?:{[^}]*})? ([0-9.e+]+)$`)
+var lastSync = regexp.MustCompile(`(?m)^kubeproxy_sync_proxy_rules_last_timestamp_seconds(?:{ip_family="(IPv[46])"})? ([0-9.e+]+)$`)
 
-// waitSynced polls kube-proxy's metrics inside the node namespace until a sync
-// has happened.
-func waitSynced(ctx context.Context, topo *topology.Topology) error {
+// synced reports whether kube-proxy's metrics show a sync for every family the
+// node has: each family has its own proxier, and the second may sync later.
+func synced(metrics string, families []string) bool {
+	done := map[string]bool{}
+	for _, m := range lastSync.FindAllStringSubmatch(metrics, -1) {
+		if v, err := strconv.ParseFloat(m[2], 64); err == nil && v > 0 {
+			done[m[1]] = true
+		}
+	}
+	if done[""] { // a kube-proxy without per-family labels
+		return true
+	}
+	for _, f := range families {
+		if !done[f] {
+			return false
+		}
+	}
+	return len(families) > 0
+}
+
+// nodeFamilies are the families of the node's addresses, as kube-proxy names them.
+func nodeFamilies(c flow.Case) []string {
+	var out []string
+	for _, s := range c.Node.IPs {
+		f := "IPv4"
+		if netip.MustParseAddr(s).Is6() {
+			f = "IPv6"
+		}
+		if !slices.Contains(out, f) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// waitSynced polls kube-proxy's metrics inside the node namespace until every
+// family has synced.
+func waitSynced(ctx context.Context, topo *topology.Topology, families []string) error {
 	deadline := time.Now().Add(60 * time.Second)
 	var last error
 	for time.Now().Before(deadline) {
 		out, err := topo.Run(ctx, topo.NodeNS(), "curl", "-s", "--max-time", "2", "http://127.0.0.1:10249/metrics")
-		if err == nil {
-			if m := lastSync.FindStringSubmatch(out); m != nil {
-				if v, _ := strconv.ParseFloat(m[1], 64); v > 0 {
-					return nil
-				}
-			}
+		if err == nil && synced(out, families) {
+			return nil
 		}
 		last = err
 		select {
@@ -110,7 +143,7 @@ func waitSynced(ctx context.Context, topo *topology.Topology) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	return fmt.Errorf("no sync within 60s (last metrics error: %v)", last)
+	return fmt.Errorf("no sync of %v within 60s (last metrics error: %v)", families, last)
 }
 
 func tail(s string, n int) string {

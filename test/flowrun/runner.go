@@ -201,7 +201,7 @@ func (o Options) scenario(c flow.Case) (topology.Scenario, map[string]string) {
 		}
 		sc.Pods = append(sc.Pods, tp)
 		if !p.Local {
-			sc.RemoteNode = topology.Node{Name: "remote", IPs: []string{remoteNodeIP(c)}}
+			sc.RemoteNode = topology.Node{Name: "remote", IPs: remoteNodeIPs(c)}
 		}
 	}
 	for _, ip := range c.ExternalClients() {
@@ -210,16 +210,22 @@ func (o Options) scenario(c flow.Case) (topology.Scenario, map[string]string) {
 	return sc, pods
 }
 
-// remoteNodeIP picks an address next to the node's first one.
-func remoteNodeIP(c flow.Case) string {
-	a := netip.MustParseAddr(c.Node.IPs[0])
-	for i := 0; i < 16; i++ {
-		a = a.Next()
-		if !slices.Contains(c.Node.IPs, a.String()) {
-			return a.String()
+// remoteNodeIPs picks, for each family of the node, an address next to the node's
+// first one of that family.
+func remoteNodeIPs(c flow.Case) []string {
+	var out []string
+	seen := map[bool]bool{}
+	for _, s := range c.Node.IPs {
+		a := netip.MustParseAddr(s)
+		if seen[a.Is4()] {
+			continue
 		}
+		seen[a.Is4()] = true
+		for a = a.Next(); slices.Contains(c.Node.IPs, a.String()); a = a.Next() {
+		}
+		out = append(out, a.String())
 	}
-	return a.String()
+	return out
 }
 
 // probeTimeout is how long a connection may take before it counts as dropped.

@@ -90,3 +90,14 @@ func TestRunnerFailsWrongExpectations(t *testing.T) {
 		t.Errorf("summary %q", rep.Summary())
 	}
 }
+
+func TestSyncedNeedsEveryFamily(t *testing.T) {
+	const v4only = "kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"} 1.7e+09\n"
+	const both = v4only + "kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv6\"} 1.7e+09\n"
+	if synced(v4only, []string{"IPv4", "IPv6"}) || !synced(both, []string{"IPv4", "IPv6"}) || !synced(v4only, []string{"IPv4"}) {
+		t.Error("a dual-stack node is synced only when both families are")
+	}
+	if synced("kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"} 0\n", []string{"IPv4"}) {
+		t.Error("a zero timestamp is no sync")
+	}
+}

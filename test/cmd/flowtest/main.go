@@ -115,7 +115,11 @@ func runCases(ctx context.Context, o flowrun.Options, cases []flow.Case) (*flowr
 			return nil, fmt.Errorf("control-plane binaries missing in %s (%s): run `make controlplane`", bin, strings.Join(missing, ", "))
 		}
 		o.KubeProxyBin = filepath.Join(bin, "kube-proxy")
-		cp, err := controlplane.Start(ctx, controlplane.Options{BinDir: bin})
+		cidrs, err := flow.ServiceCIDRs(cases)
+		if err != nil {
+			return nil, err
+		}
+		cp, err := controlplane.Start(ctx, controlplane.Options{BinDir: bin, ServiceCIDR: strings.Join(cidrs, ",")})
 		if err != nil {
 			return nil, err
 		}
