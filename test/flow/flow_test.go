@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
+
+	"github.com/switchyard/switchyard/watcher"
 )
 
 const sample = `{ "cases": [ {
@@ -157,5 +159,22 @@ func TestServiceCIDRs(t *testing.T) {
 	}
 	if _, err := ServiceCIDRs([]Case{c("172.30.0.0/16"), c("10.96.0.0/12")}); err == nil {
 		t.Error("disagreeing cases must fail")
+	}
+}
+
+// What the runner writes for --source=file is what Switchyard's file source reads.
+func TestWriteManifestsRoundTrip(t *testing.T) {
+	c := loadSample(t)
+	dir := t.TempDir()
+	if err := c.ToObjects().WriteManifests(dir); err != nil {
+		t.Fatal(err)
+	}
+	objs, err := watcher.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(objs.Services) != 1 || len(objs.EndpointSlices) != 1 || len(objs.Nodes) != 1 ||
+		objs.Services[0].Status.LoadBalancer.Ingress[0].IP != "1.2.3.4" {
+		t.Errorf("loaded %+v", objs)
 	}
 }

@@ -1,13 +1,17 @@
 package flow
 
 import (
+	"bytes"
 	"net/netip"
+	"os"
+	"path/filepath"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
 )
 
 // ManagedBy marks the EndpointSlices the runner writes (no controller runs).
@@ -122,4 +126,34 @@ func orDefault(s, def string) string {
 		return def
 	}
 	return s
+}
+
+// WriteManifests writes the objects as one YAML file in dir, for Switchyard's
+// --source=file.
+func (o Objects) WriteManifests(dir string) error {
+	var docs [][]byte
+	add := func(obj any) error {
+		b, err := yaml.Marshal(obj)
+		if err != nil {
+			return err
+		}
+		docs = append(docs, b)
+		return nil
+	}
+	node := o.Node.DeepCopy()
+	node.TypeMeta = metav1.TypeMeta{APIVersion: "v1", Kind: "Node"}
+	if err := add(node); err != nil {
+		return err
+	}
+	for _, s := range o.Services {
+		if err := add(s); err != nil {
+			return err
+		}
+	}
+	for _, s := range o.EndpointSlices {
+		if err := add(s); err != nil {
+			return err
+		}
+	}
+	return os.WriteFile(filepath.Join(dir, "objects.yaml"), bytes.Join(docs, []byte("---\n")), 0o644)
 }
