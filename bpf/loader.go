@@ -1,0 +1,124 @@
+// Package bpf is the eBPF dataplane: socket-level load balancing on cgroup hooks (sock.c), loaded
+// from the bpf2go output committed next to it, with its maps and links pinned in bpffs so that the
+// dataplane survives a restart of the agent.
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+)
+
+// The generated sock_bpfel.go and sock_bpfel.o are committed, so building needs no clang.
+// `make generate` (bpf/prereqs.sh first) rebuilds them.
+//go:generate go tool bpf2go -cc clang-14 -strip llvm-strip-14 -target bpfel -cflags "-O2 -g -Wall -Werror" -type svc_key -type svc_val -type backend -type revnat_key -type revnat_val -type affinity_key -type affinity_val sock sock.c -- -I/usr/include/x86_64-linux-gnu
+
+// Default map sizes (max_entries), also the ones compiled into sock.c.
+const (
+	DefaultMaxServices = 262144 // service entries plus backend slots
+	DefaultMaxBackends = 262144
+)
+
+// Map names in sock.c, also their pin file names.
+const (
+	mapServices = "services"
+	mapBackends = "backends"
+	mapRevNAT   = "revnat"
+	mapAffinity = "affinity"
+)
+
+// LoadOptions configure Load.
+type LoadOptions struct {
+	// PinDir is a directory on bpffs for the maps and links; it is created if missing. Maps pinned
+	// there already are reused with their contents, so state survives a restart. Empty: nothing is
+	// pinned and everything goes away with Close.
+	PinDir string
+	// MaxServices and MaxBackends size the services and backends maps; 0 means the default.
+	// A pinned map of another size is not reused: Load fails and says so.
+	MaxServices, MaxBackends uint32
+}
+
+// Objects are the loaded programs and maps.
+type Objects struct {
+	Services *ebpf.Map // sockSvcKey -> sockSvcVal
+	Backends *ebpf.Map // uint32 -> sockBackend
+	RevNAT   *ebpf.Map // sockRevnatKey -> sockRevnatVal (LRU)
+	Affinity *ebpf.Map // sockAffinityKey -> sockAffinityVal (LRU)
+
+	pinDir string
+	objs   sockObjects
+	links  []attached
+}
+
+// Load loads the programs and creates the maps, or opens the pinned ones in opts.PinDir.
+func Load(opts LoadOptions) (*Objects, error) {
+	spec, err := loadSock()
+	if err != nil {
+		return nil, fmt.Errorf("bpf: parse the embedded object: %w", err)
+	}
+	sizes := map[string]uint32{mapServices: opts.MaxServices, mapBackends: opts.MaxBackends}
+	for name, n := range sizes {
+		if n > 0 {
+			spec.Maps[name].MaxEntries = n
+		}
+	}
+	var co ebpf.CollectionOptions
+	if opts.PinDir != "" {
+		if err := os.MkdirAll(opts.PinDir, 0o700); err != nil {
+			return nil, fmt.Errorf("bpf: pin directory: %w", err)
+		}
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinByName
+		}
+		co.Maps.PinPath = opts.PinDir
+	}
+	o := &Objects{pinDir: opts.PinDir}
+	if err := spec.LoadAndAssign(&o.objs, &co); err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			return nil, fmt.Errorf("bpf: load: %+v", verr) // the whole verifier log
+		}
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("bpf: a map pinned in %s differs from this build's (size flags changed?); "+
+				"`switchyard cleanup` removes it: %w", opts.PinDir, err)
+		}
+		return nil, fmt.Errorf("bpf: load: %w", err)
+	}
+	o.Services, o.Backends = o.objs.Services, o.objs.Backends
+	o.RevNAT, o.Affinity = o.objs.Revnat, o.objs.Affinity
+	return o, nil
+}
+
+// Close closes every file descriptor. Pinned maps and links stay, and with them the attachment.
+func (o *Objects) Close() error {
+	var errs []error
+	for _, l := range o.links {
+		errs = append(errs, l.link.Close())
+	}
+	o.links = nil
+	errs = append(errs, o.objs.Close())
+	return errors.Join(errs...)
+}
+
+// Unpin removes the pins Load and Attach leave in pinDir, and pinDir itself if that leaves it empty.
+// Once no process holds them any more, the programs are detached and the maps freed. Missing pins
+// are not an error, so Unpin also finishes a half-done cleanup.
+func Unpin(pinDir string) error {
+	var errs []error
+	names := []string{mapServices, mapBackends, mapRevNAT, mapAffinity}
+	for _, h := range hooks {
+		names = append(names, linkPinName(h.name))
+	}
+	for _, n := range names {
+		if err := os.Remove(filepath.Join(pinDir, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if err := os.Remove(pinDir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("bpf: %w (files Switchyard does not know are left there)", err))
+	}
+	return errors.Join(errs...)
+}
