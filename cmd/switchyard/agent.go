@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
+	"github.com/switchyard/switchyard/bpf"
 	"github.com/switchyard/switchyard/dataplane"
 	"github.com/switchyard/switchyard/dataplane/healthcheck"
 	"github.com/switchyard/switchyard/watcher"
@@ -37,10 +38,18 @@ type agent struct {
 }
 
 func runAgent(ctx context.Context, cfg *agentConfig, out, log io.Writer) error {
-	mode := resolveMode(cfg.mode, ebpfRequirements, log)
-	backend, err := newBackend(mode, out)
+	mode := resolveMode(cfg.mode, bpf.Probe, log)
+	backend, err := newBackend(mode, cfg, out)
 	if err != nil {
 		return err
+	}
+	if c, ok := backend.(io.Closer); ok {
+		// Only this process's handles: pinned state stays for the next agent.
+		defer func() {
+			if err := c.Close(); err != nil {
+				klog.ErrorS(err, "Closing the dataplane")
+			}
+		}()
 	}
 	a := &agent{cfg: cfg, backend: backend, registry: prometheus.NewRegistry()}
 	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

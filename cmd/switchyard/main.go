@@ -59,7 +59,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	klog.InitFlags(klogFlags)
 	root.PersistentFlags().AddGoFlag(klogFlags.Lookup("v"))
 	root.PersistentFlags().AddGoFlag(klogFlags.Lookup("vmodule"))
-	root.AddCommand(newAgentCommand(stdout, stderr), newCleanupCommand(stdout), newVersionCommand(stdout))
+	root.AddCommand(newAgentCommand(stdout, stderr), newCleanupCommand(), newVersionCommand(stdout))
 	return root
 }
 
@@ -81,8 +81,9 @@ func newAgentCommand(stdout, stderr io.Writer) *cobra.Command {
 	return cmd
 }
 
-func newCleanupCommand(stdout io.Writer) *cobra.Command {
+func newCleanupCommand() *cobra.Command {
 	portRange := "30000-32767"
+	bpfRoot := defaultBPFRoot
 	cmd := &cobra.Command{
 		Use:   "cleanup",
 		Short: "Remove everything any Switchyard dataplane installed on this node",
@@ -92,19 +93,11 @@ func newCleanupCommand(stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return flagErr("node-port-range", "%v", err)
 			}
-			backends, err := allBackendsForCleanup(stdout)
-			var errs []error
-			errs = append(errs, err)
-			for _, b := range backends {
-				if err := b.Cleanup(cmd.Context()); err != nil {
-					errs = append(errs, fmt.Errorf("%s: %w", b.Name(), err))
-				}
-			}
-			errs = append(errs, updateReservedPorts(reservedPortsPath, r, false))
-			return errors.Join(errs...)
+			return cleanup(bpfRoot, r)
 		},
 	}
 	cmd.Flags().StringVar(&portRange, "node-port-range", portRange, "The NodePort range the agent reserved, to release it.")
+	cmd.Flags().StringVar(&bpfRoot, "bpf-root", bpfRoot, "Where the eBPF dataplane pinned its maps and links.")
 	return cmd
 }
 

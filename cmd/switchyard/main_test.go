@@ -41,6 +41,8 @@ func TestBadFlagsExit2NamingTheFlag(t *testing.T) {
 		{[]string{"agent", "--mode=iptables"}, "not built yet"},
 		{[]string{"agent", "extra-arg"}, "unexpected arguments"},
 		{[]string{"cleanup", "--node-port-range=x"}, "--node-port-range"},
+		{[]string{"agent", "--bpf-root=relative/pins"}, "--bpf-root"},
+		{[]string{"agent", "--cgroup-root=sub"}, "--cgroup-root"},
 	} {
 		code, _, stderr := runCLI(t, tc.args...)
 		if code != 2 || !strings.Contains(stderr, tc.want) {
@@ -174,16 +176,16 @@ func TestMalformedManifestIsAClearError(t *testing.T) {
 }
 
 func TestResolveMode(t *testing.T) {
-	ok := ebpfRequirement{"ok", func() error { return nil }}
-	missing := ebpfRequirement{"widgets", func() error { return errors.New("not supported") }}
+	ok := func() error { return nil }
+	missing := func() error { return errors.New("bpf: missing: widgets") }
 	var log bytes.Buffer
-	if m := resolveMode("auto", []ebpfRequirement{ok}, &log); m != "ebpf" {
+	if m := resolveMode("auto", ok, &log); m != "ebpf" {
 		t.Errorf("auto with every feature: %s", m)
 	}
-	if m := resolveMode("auto", []ebpfRequirement{ok, missing}, &log); m != "iptables" || !strings.Contains(log.String(), "widgets (not supported)") {
+	if m := resolveMode("auto", missing, &log); m != "iptables" || !strings.Contains(log.String(), "widgets") {
 		t.Errorf("auto without a feature: %s, log %q", m, log.String())
 	}
-	if m := resolveMode("print", []ebpfRequirement{missing}, &log); m != "print" {
+	if m := resolveMode("print", missing, &log); m != "print" {
 		t.Errorf("an explicit mode is kept: %s", m)
 	}
 }

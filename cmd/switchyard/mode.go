@@ -4,49 +4,24 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/features"
+	"golang.org/x/sys/unix"
 
+	"github.com/switchyard/switchyard/bpf"
 	"github.com/switchyard/switchyard/dataplane"
 )
 
-// ebpfRequirement is a kernel feature the eBPF dataplane cannot work without.
-type ebpfRequirement struct {
-	name  string
-	probe func() error
-}
-
-var ebpfRequirements = []ebpfRequirement{
-	{"cgroup sock_addr programs (socket-level load balancing)", func() error { return features.HaveProgramType(ebpf.CGroupSockAddr) }},
-	{"tc (SchedCLS) programs", func() error { return features.HaveProgramType(ebpf.SchedCLS) }},
-	{"LRU hash maps", func() error { return features.HaveMapType(ebpf.LRUHash) }},
-	{"LPM trie maps", func() error { return features.HaveMapType(ebpf.LPMTrie) }},
-	{"bpf_get_netns_cookie in cgroup sock_addr programs", func() error {
-		return features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnGetNetnsCookie)
-	}},
-}
-
-// missingEBPF lists the requirements this kernel lacks (an empty list: eBPF works).
-func missingEBPF(reqs []ebpfRequirement) []string {
-	var missing []string
-	for _, r := range reqs {
-		if err := r.probe(); err != nil {
-			missing = append(missing, fmt.Sprintf("%s (%v)", r.name, err))
-		}
-	}
-	return missing
-}
-
-// resolveMode turns auto into a concrete mode, saying why on log.
-func resolveMode(mode string, reqs []ebpfRequirement, log io.Writer) string {
+// resolveMode turns auto into a concrete mode, saying why on log: eBPF when the
+// kernel has everything the eBPF dataplane needs (probe), else iptables.
+func resolveMode(mode string, probe func() error, log io.Writer) string {
 	if mode != "auto" {
 		return mode
 	}
-	if missing := missingEBPF(reqs); len(missing) > 0 {
-		fmt.Fprintf(log, "mode auto: eBPF is not usable, falling back to iptables; missing: %s\n", strings.Join(missing, "; "))
+	if err := probe(); err != nil {
+		fmt.Fprintf(log, "mode auto: eBPF is not usable, falling back to iptables: %v\n", err)
 		return "iptables"
 	}
 	fmt.Fprintln(log, "mode auto: the kernel supports everything the eBPF dataplane needs; using ebpf")
@@ -54,10 +29,19 @@ func resolveMode(mode string, reqs []ebpfRequirement, log io.Writer) string {
 }
 
 // newBackend builds the backend of a concrete mode.
-func newBackend(mode string, out io.Writer) (dataplane.Backend, error) {
+func newBackend(mode string, cfg *agentConfig, out io.Writer) (dataplane.Backend, error) {
 	switch mode {
 	case "print":
 		return dataplane.NewPrintBackend(out), nil
+	case "ebpf":
+		cg := cfg.cgroupRoot
+		if cg == "" {
+			var err error
+			if cg, err = cgroupV2Root(); err != nil {
+				return nil, err
+			}
+		}
+		return bpf.NewBackend(bpf.Config{PinDir: cfg.bpfRoot, CgroupPath: cg})
 	}
 	return nil, usageError{fmt.Errorf("--mode: the %s dataplane is not built yet; this release has: %s", mode, strings.Join(builtList(), ", "))}
 }
@@ -72,20 +56,26 @@ func builtList() []string {
 	return out
 }
 
-// allBackendsForCleanup returns every backend that can have left state behind.
-func allBackendsForCleanup(out io.Writer) ([]dataplane.Backend, error) {
-	var bs []dataplane.Backend
-	var errs []error
-	for _, m := range knownModes {
-		if !builtModes[m] {
-			continue
+// cgroupV2Root finds the cgroup v2 mount: /sys/fs/cgroup on a unified host,
+// /sys/fs/cgroup/unified on a hybrid one; it mounts one when there is none.
+func cgroupV2Root() (string, error) {
+	for _, dir := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
+		if _, err := os.Stat(filepath.Join(dir, "cgroup.controllers")); err == nil {
+			return dir, nil
 		}
-		b, err := newBackend(m, out)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		bs = append(bs, b)
 	}
-	return bs, errors.Join(errs...)
+	dir := "/run/switchyard/cgroupv2"
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	if err := unix.Mount("none", dir, "cgroup2", 0, ""); err != nil {
+		return "", fmt.Errorf("no cgroup v2 mount found, and mounting one at %s failed: %w", dir, err)
+	}
+	return dir, nil
+}
+
+// cleanup removes what any dataplane installed: the eBPF pins (which detaches the
+// programs) and the reserved NodePort range.
+func cleanup(bpfRoot string, nodePorts dataplane.PortRange) error {
+	return errors.Join(bpf.Unpin(bpfRoot), updateReservedPorts(reservedPortsPath, nodePorts, false))
 }

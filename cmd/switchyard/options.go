@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,8 +19,10 @@ import (
 // Modes the agent knows. Only the ones in builtModes can run today.
 var (
 	knownModes = []string{"auto", "ebpf", "iptables", "ipvs", "print"}
-	builtModes = map[string]bool{"print": true}
+	builtModes = map[string]bool{"print": true, "ebpf": true}
 )
+
+const defaultBPFRoot = "/sys/fs/bpf/switchyard"
 
 // options are the agent's flags, named and defaulted like kube-proxy's.
 type options struct {
@@ -38,6 +41,8 @@ type options struct {
 	source             string
 	nodePortRange      string
 	once               bool
+	bpfRoot            string
+	cgroupRoot         string
 
 	flags *pflag.FlagSet
 }
@@ -51,6 +56,7 @@ func newOptions() *options {
 		syncPeriod:         30 * time.Second,
 		source:             "apiserver",
 		nodePortRange:      "30000-32767",
+		bpfRoot:            defaultBPFRoot,
 	}
 }
 
@@ -71,6 +77,8 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.source, "source", o.source, "Where Services come from: apiserver, or file:PATH (a file or directory of YAML manifests, re-read on change).")
 	fs.StringVar(&o.nodePortRange, "node-port-range", o.nodePortRange, "The cluster's NodePort range (FIRST-LAST); NodePorts outside it are not programmed, and it is reserved in net.ipv4.ip_local_reserved_ports.")
 	fs.BoolVar(&o.once, "once", o.once, "Sync once and exit (for dry runs with --mode=print).")
+	fs.StringVar(&o.bpfRoot, "bpf-root", o.bpfRoot, "eBPF mode: where maps and links are pinned (on a bpffs; mounted if missing).")
+	fs.StringVar(&o.cgroupRoot, "cgroup-root", o.cgroupRoot, "eBPF mode: the cgroup v2 directory the socket hooks attach to (default: the cgroup v2 mount).")
 }
 
 // usageError is a bad flag, config file or argument: the process exits 2.
@@ -94,6 +102,8 @@ type agentConfig struct {
 	syncPeriod    time.Duration
 	minSyncPeriod time.Duration
 	once          bool
+	bpfRoot       string
+	cgroupRoot    string // "" means the cgroup v2 mount, found at start
 }
 
 // complete applies the config file (command-line flags win), then validates
@@ -108,7 +118,14 @@ func (o *options) complete() (*agentConfig, error) {
 }
 
 func (o *options) validate() (*agentConfig, error) {
-	c := &agentConfig{model: dataplane.DefaultConfig(), kubeconfig: o.kubeconfig, once: o.once}
+	c := &agentConfig{model: dataplane.DefaultConfig(), kubeconfig: o.kubeconfig, once: o.once, cgroupRoot: o.cgroupRoot}
+	if !filepath.IsAbs(o.bpfRoot) {
+		return nil, flagErr("bpf-root", "want an absolute path, got %q", o.bpfRoot)
+	}
+	c.bpfRoot = o.bpfRoot
+	if o.cgroupRoot != "" && !filepath.IsAbs(o.cgroupRoot) {
+		return nil, flagErr("cgroup-root", "want an absolute path, got %q", o.cgroupRoot)
+	}
 	if !slices.Contains(knownModes, o.mode) {
 		return nil, flagErr("mode", "unknown mode %q; want one of %s", o.mode, strings.Join(knownModes, ", "))
 	}
