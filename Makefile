@@ -37,10 +37,14 @@ FLOWS := $(wildcard test/flows/*.json)
 flows:
 	$(GO) run ./test/cmd/flowtest --proxy=kube-proxy-nftables $(FLOWS)
 	$(GO) run ./test/cmd/flowtest --proxy=kube-proxy-iptables $(FLOWS)
+	$(GO) run ./test/cmd/flowtest --proxy=switchyard-ebpf --source=file $(FLOWS)
+	$(GO) run ./test/cmd/flowtest --proxy=switchyard-ebpf --source=apiserver $(FLOWS)
 
-# Regenerates bpf2go output (none yet; the eBPF dataplane brings it).
+# Rebuilds the bpf2go output (bpf/sock_bpfel.{go,o}, committed so a build needs
+# no clang); installs clang-14 and libbpf-dev when missing.
 generate:
-	$(GO) generate ./...
+	bpf/prereqs.sh
+	$(GO) generate ./bpf/
 
 # The dry run: what Switchyard would program for the example manifests.
 demo: build

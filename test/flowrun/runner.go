@@ -32,9 +32,10 @@ type Options struct {
 	Out  io.Writer
 
 	EchoBin, ProbeBin string
-	// KubeProxyBin and API are needed for the kube-proxy proxies.
-	KubeProxyBin string
-	API          API
+	// KubeProxyBin is needed for the kube-proxy proxies, SwitchyardBin for ours.
+	KubeProxyBin, SwitchyardBin string
+	// API is the control plane, for --source=apiserver.
+	API API
 }
 
 // API is the control plane the objects are published to.
@@ -129,8 +130,19 @@ func (o Options) skipReason(c flow.Case) string {
 	if !c.AppliesTo(o.Proxy) {
 		return "(skipped: the expectations are for " + strings.Join(c.Proxies, ", ") + ")"
 	}
-	if strings.HasPrefix(o.Proxy, "switchyard-") {
+	if o.Proxy == "switchyard-iptables" || o.Proxy == "switchyard-ipvs" {
 		return "(skipped: the " + strings.TrimPrefix(o.Proxy, "switchyard-") + " dataplane is not built yet)"
+	}
+	return ""
+}
+
+// flowSkipReason says why one flow cannot run against the proxy, or "".
+func (o Options) flowSkipReason(c flow.Case, f flow.Flow) string {
+	if strings.EqualFold(f.Protocol, "SCTP") {
+		return "(skipped: SCTP is not in this kernel)"
+	}
+	if o.Proxy == "switchyard-ebpf" && c.SourceKind(f.SourceIP) == flow.ExternalSource {
+		return "(skipped: traffic from outside the node needs the eBPF tc dataplane, not built yet)"
 	}
 	return ""
 }
@@ -149,15 +161,22 @@ func (o Options) runCase(ctx context.Context, c flow.Case, flows []flow.Flow) (o
 		return nil, err
 	}
 	objs := c.ToObjects()
-	if err := flow.Publish(ctx, o.API.Client(), objs); err != nil {
-		return nil, err
-	}
-	defer func() {
-		if uerr := flow.Unpublish(context.WithoutCancel(ctx), o.API.Client(), objs); uerr != nil && err == nil {
-			err = uerr
+	if o.Source == "apiserver" {
+		if err := flow.Publish(ctx, o.API.Client(), objs); err != nil {
+			return nil, err
 		}
-	}()
-	stop, err := o.startKubeProxy(ctx, topo, c)
+		defer func() {
+			if uerr := flow.Unpublish(context.WithoutCancel(ctx), o.API.Client(), objs); uerr != nil && err == nil {
+				err = uerr
+			}
+		}()
+	}
+	var stop func() error
+	if strings.HasPrefix(o.Proxy, "switchyard-") {
+		stop, err = o.startSwitchyard(ctx, topo, c, objs)
+	} else {
+		stop, err = o.startKubeProxy(ctx, topo, c)
+	}
 	if err != nil {
 		return nil, err
 	}

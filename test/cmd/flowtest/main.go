@@ -13,6 +13,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"regexp"
@@ -109,7 +110,13 @@ func runCases(ctx context.Context, o flowrun.Options, cases []flow.Case) (*flowr
 	if o.EchoBin, o.ProbeBin, err = topology.BuildBinaries(ctx, tmp); err != nil {
 		return nil, err
 	}
-	if strings.HasPrefix(o.Proxy, "kube-proxy-") {
+	if strings.HasPrefix(o.Proxy, "switchyard-") {
+		o.SwitchyardBin = filepath.Join(tmp, "switchyard")
+		if out, err := exec.CommandContext(ctx, "go", "build", "-o", o.SwitchyardBin, "./cmd/switchyard").CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("building switchyard: %w\n%s", err, out)
+		}
+	}
+	if o.Source == "apiserver" {
 		bin := controlplane.BinDir()
 		if missing := controlplane.Missing(bin); len(missing) > 0 {
 			return nil, fmt.Errorf("control-plane binaries missing in %s (%s): run `make controlplane`", bin, strings.Join(missing, ", "))

@@ -1,0 +1,90 @@
+package flowrun
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/switchyard/switchyard/test/flow"
+	"github.com/switchyard/switchyard/test/topology"
+)
+
+// switchyardArgs are the agent's flags for a case; the source flags come apart.
+func switchyardArgs(mode string, c flow.Case, topo *topology.Topology, bpfRoot string) []string {
+	args := []string{
+		"agent", "--mode=" + mode,
+		"--hostname-override=" + c.Node.Name,
+		"--healthz-bind-address=127.0.0.1:10256",
+		"--metrics-bind-address=127.0.0.1:10249",
+		"--cgroup-root=" + topo.NodeCgroup(),
+		"--bpf-root=" + bpfRoot,
+		"--v=2",
+	}
+	if c.Config.ClusterCIDR != "" {
+		args = append(args, "--cluster-cidr="+c.Config.ClusterCIDR)
+	}
+	if len(c.Config.NodePortAddresses) > 0 {
+		args = append(args, "--nodeport-addresses="+strings.Join(c.Config.NodePortAddresses, ","))
+	}
+	if c.Config.MasqueradeAll {
+		args = append(args, "--masquerade-all")
+	}
+	lh := c.Config.LocalhostNodePorts == nil || *c.Config.LocalhostNodePorts
+	return append(args, "--localhost-nodeports="+strconv.FormatBool(lh))
+}
+
+// startSwitchyard runs the Switchyard agent in the node namespace and cgroup, fed
+// from manifest files or the API server, and waits for its first sync.
+func (o Options) startSwitchyard(ctx context.Context, topo *topology.Topology, c flow.Case, objs flow.Objects) (stop func() error, err error) {
+	mode := strings.TrimPrefix(o.Proxy, "switchyard-")
+	work, err := os.MkdirTemp("", topo.Prefix()+"-switchyard-")
+	if err != nil {
+		return nil, err
+	}
+	bpfRoot := "/sys/fs/bpf/" + topo.Prefix() + "-switchyard"
+	args := switchyardArgs(mode, c, topo, bpfRoot)
+	stopSource := func() error { return nil }
+	if o.Source == "file" {
+		if err := objs.WriteManifests(work); err != nil {
+			return nil, errors.Join(err, os.RemoveAll(work))
+		}
+		args = append(args, "--source=file:"+work)
+	} else {
+		if stopSource, err = o.API.BridgeIntoNetns(topology.NetnsPath(topo.NodeNS()), apiPortInNode); err != nil {
+			return nil, errors.Join(err, os.RemoveAll(work))
+		}
+		kubeconfig, err := o.API.KubeconfigFor(fmt.Sprintf("https://127.0.0.1:%d", apiPortInNode))
+		if err != nil {
+			return nil, errors.Join(err, stopSource(), os.RemoveAll(work))
+		}
+		args = append(args, "--kubeconfig="+kubeconfig)
+	}
+	logPath := filepath.Join(work, "switchyard.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, errors.Join(err, stopSource(), os.RemoveAll(work))
+	}
+	cmd := topo.CommandContext(ctx, topo.NodeNS(), o.SwitchyardBin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := topo.Start(cmd); err != nil {
+		return nil, errors.Join(err, logf.Close(), stopSource(), os.RemoveAll(work))
+	}
+	stop = func() error {
+		sigErr := cmd.Process.Signal(syscall.SIGTERM)
+		waitErr := cmd.Wait()
+		// The pins outlive the agent by design; cleanup is what removes them.
+		// In the node namespace, so the reserved-ports sysctl it releases is the node's.
+		_, cleanErr := topo.Run(context.WithoutCancel(ctx), topo.NodeNS(), o.SwitchyardBin, "cleanup", "--bpf-root="+bpfRoot)
+		return errors.Join(sigErr, waitErr, cleanErr, logf.Close(), stopSource(), os.RemoveAll(work))
+	}
+	if err := waitSynced(ctx, topo, nil); err != nil {
+		log, _ := os.ReadFile(logPath)
+		return nil, errors.Join(fmt.Errorf("switchyard (%s) did not sync: %w\n%s", mode, err, tail(string(log), 30)), stop())
+	}
+	return stop, nil
+}
