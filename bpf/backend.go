@@ -2,9 +2,12 @@ package bpf
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/switchyard/switchyard/dataplane"
 )
@@ -19,6 +22,8 @@ type Config struct {
 	CgroupPath string
 	// MaxServices and MaxBackends size the maps (0: the defaults).
 	MaxServices, MaxBackends uint32
+	// Metrics, when set, gets switchyard_bpf_map_pressure.
+	Metrics prometheus.Registerer
 }
 
 // Backend is the eBPF dataplane (--mode=ebpf): socket-level load balancing for
@@ -42,11 +47,36 @@ func NewBackend(cfg Config) (*Backend, error) {
 	if err := objs.Attach(cfg.CgroupPath); err != nil {
 		return nil, fmt.Errorf("attaching to cgroup %s: %w (and %v)", cfg.CgroupPath, err, objs.Close())
 	}
-	return &Backend{
+	b := &Backend{
 		cfg: cfg, objs: objs,
 		writer: NewWriter(NewKernelMap[sockSvcKey, sockSvcVal](objs.Services), NewKernelMap[uint32, sockBackend](objs.Backends)),
-	}, nil
+	}
+	if cfg.Metrics != nil {
+		if err := cfg.Metrics.Register(b.pressure()); err != nil {
+			return nil, errors.Join(err, objs.Close())
+		}
+	}
+	return b, nil
 }
+
+// pressure reports how full the maps are (entries / max entries), named like
+// Cilium's metric so the same alerts work: a full map refuses new services.
+func (b *Backend) pressure() prometheus.Collector {
+	desc := prometheus.NewDesc("switchyard_bpf_map_pressure", "Fill ratio of a BPF map (entries / max entries)", []string{"map_name"}, nil)
+	return collectorFunc{desc, func(ch chan<- prometheus.Metric) {
+		svcs, bes := b.writer.Entries()
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, float64(svcs)/float64(b.objs.Services.MaxEntries()), "services")
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, float64(bes)/float64(b.objs.Backends.MaxEntries()), "backends")
+	}}
+}
+
+type collectorFunc struct {
+	desc    *prometheus.Desc
+	collect func(chan<- prometheus.Metric)
+}
+
+func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
 
 func (b *Backend) Name() string { return "ebpf" }
 

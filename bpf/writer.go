@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 
 	"github.com/switchyard/switchyard/dataplane"
 )
@@ -40,6 +41,11 @@ type Writer struct {
 	addrs     map[netip.Addr]bool
 	nextID    uint32
 	nextSvcID uint32
+	slotCount int // slots in w.frontends, for the map pressure
+
+	// Entries in the services and backends maps after the last Sync, for metrics
+	// read from other goroutines.
+	serviceEntries, backendEntries atomic.Int64
 }
 
 // programmed is one frontend as the kernel holds it.
@@ -97,7 +103,14 @@ func (w *Writer) Sync(st *dataplane.State, changes *dataplane.ChangeSet) error {
 		}
 	}
 	errs = append(errs, w.syncAddrs(keys), w.releaseUnused())
+	w.serviceEntries.Store(int64(len(w.frontends) + w.slotCount + len(w.addrs)))
+	w.backendEntries.Store(int64(len(w.ids) + len(w.stale)))
 	return errors.Join(errs...)
+}
+
+// Entries are the entries the services and backends maps held after the last sync.
+func (w *Writer) Entries() (services, backends int64) {
+	return w.serviceEntries.Load(), w.backendEntries.Load()
 }
 
 // syncAddrs makes the address-only entries follow the cluster IPs at the
@@ -222,6 +235,7 @@ func (w *Writer) trimSlots(k dataplane.FrontendKey, proto uint8, cur *programmed
 		}
 		w.refs[cur.slots[i]]--
 		cur.slots = cur.slots[:i]
+		w.slotCount--
 	}
 	return nil
 }
@@ -232,6 +246,7 @@ func (w *Writer) setSlot(cur *programmed, i int, id uint32) {
 		cur.slots[i] = id
 	} else {
 		cur.slots = append(cur.slots, id)
+		w.slotCount++
 	}
 	w.refs[id]++
 }
@@ -308,6 +323,7 @@ func (w *Writer) readKernel() error {
 	}
 	w.ids, w.refs, w.frontends = map[sockBackend]uint32{}, map[uint32]int{}, map[dataplane.FrontendKey]*programmed{}
 	w.cip, w.addrs = map[netip.Addr]int{}, map[netip.Addr]bool{}
+	w.slotCount = 0
 	w.nextID = 1
 	w.stale = map[uint32]bool{}
 	for _, id := range slices.Sorted(maps.Keys(bes)) {
@@ -342,6 +358,7 @@ func (w *Writer) readKernel() error {
 		}
 		for len(cur.slots) < int(k.Slot) {
 			cur.slots = append(cur.slots, 0) // a missing slot: rewritten by the sync
+			w.slotCount++
 		}
 		if _, ok := bes[v.BackendId]; ok {
 			cur.slots[k.Slot-1] = v.BackendId // else left 0: its backend vanished, rewrite it

@@ -136,6 +136,9 @@ func TestWriterProgramsState(t *testing.T) {
 	if f.be.Len() != 4 {
 		t.Errorf("%d backends, want 4 (one per address, port and protocol)", f.be.Len())
 	}
+	if svcs, bes := w.Entries(); svcs != int64(f.svc.Len()) || bes != int64(f.be.Len()) {
+		t.Errorf("Entries() = %d, %d; the maps hold %d, %d", svcs, bes, f.svc.Len(), f.be.Len())
+	}
 }
 
 func TestWriterMakeBeforeBreak(t *testing.T) {
@@ -309,6 +312,9 @@ func TestWriterRandomFailures(t *testing.T) {
 	}
 	if got, want := f.view(t), clean.view(t); !slices.Equal(got, want) {
 		t.Errorf("after failures:\n%v\nwant\n%v", got, want)
+	}
+	if svcs, bes := w.Entries(); svcs != int64(f.svc.Len()) || bes != int64(f.be.Len()) {
+		t.Errorf("Entries() = %d, %d; the maps hold %d, %d", svcs, bes, f.svc.Len(), f.be.Len())
 	}
 	if f.be.Len() != clean.be.Len() || f.svc.Len() != clean.svc.Len() {
 		t.Errorf("leaked entries: %d backends, %d service entries; want %d, %d", f.be.Len(), f.svc.Len(), clean.be.Len(), clean.svc.Len())

@@ -39,7 +39,8 @@ type agent struct {
 
 func runAgent(ctx context.Context, cfg *agentConfig, out, log io.Writer) error {
 	mode := resolveMode(cfg.mode, bpf.Probe, log)
-	backend, err := newBackend(mode, cfg, out)
+	registry := prometheus.NewRegistry()
+	backend, err := newBackend(mode, cfg, out, registry)
 	if err != nil {
 		return err
 	}
@@ -51,7 +52,7 @@ func runAgent(ctx context.Context, cfg *agentConfig, out, log io.Writer) error {
 			}
 		}()
 	}
-	a := &agent{cfg: cfg, backend: backend, registry: prometheus.NewRegistry()}
+	a := &agent{cfg: cfg, backend: backend, registry: registry}
 	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.health = healthcheck.NewProxyHealth(2*cfg.syncPeriod, time.Now)
 	if mode != "print" {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard/switchyard/bpf"
@@ -29,7 +30,7 @@ func resolveMode(mode string, probe func() error, log io.Writer) string {
 }
 
 // newBackend builds the backend of a concrete mode.
-func newBackend(mode string, cfg *agentConfig, out io.Writer) (dataplane.Backend, error) {
+func newBackend(mode string, cfg *agentConfig, out io.Writer, metrics prometheus.Registerer) (dataplane.Backend, error) {
 	switch mode {
 	case "print":
 		return dataplane.NewPrintBackend(out), nil
@@ -41,7 +42,7 @@ func newBackend(mode string, cfg *agentConfig, out io.Writer) (dataplane.Backend
 				return nil, err
 			}
 		}
-		return bpf.NewBackend(bpf.Config{PinDir: cfg.bpfRoot, CgroupPath: cg})
+		return bpf.NewBackend(bpf.Config{PinDir: cfg.bpfRoot, CgroupPath: cg, Metrics: metrics})
 	}
 	return nil, usageError{fmt.Errorf("--mode: the %s dataplane is not built yet; this release has: %s", mode, strings.Join(builtList(), ", "))}
 }
