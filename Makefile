@@ -46,10 +46,14 @@ generate:
 	bpf/prereqs.sh
 	$(GO) generate ./bpf/
 
-# The dry run: what Switchyard would program for the example manifests.
-demo: build
+# The dry run (what Switchyard would program for the example manifests), then the
+# agent in eBPF mode in a simulated node with live connections (needs root).
+demo: build prereqs
 	./$(BIN) agent --mode=print --source=file:deploy/examples --hostname-override=node-a \
 		--cluster-cidr=10.0.0.0/16 --once
+	@echo
+	@echo "# Live: the Switchyard agent in eBPF mode in a simulated node (network namespaces); each line is real connections"
+	$(GO) run ./test/cmd/flowtest --proxy=switchyard-ebpf --source=file deploy/demo/flows.json
 
 # Model benchmarks at 10,000 services x 10 endpoints.
 bench:

@@ -140,6 +140,7 @@ func TestRepoFlowFiles(t *testing.T) {
 	if err != nil || len(paths) == 0 {
 		t.Fatalf("no flow files: %v", err)
 	}
+	paths = append(paths, "../../deploy/demo/flows.json") // make demo's
 	cases, err := Load(paths...)
 	if err != nil {
 		t.Fatal(err)
