@@ -43,6 +43,8 @@ func TestBadFlagsExit2NamingTheFlag(t *testing.T) {
 		{[]string{"cleanup", "--node-port-range=x"}, "--node-port-range"},
 		{[]string{"agent", "--bpf-root=relative/pins"}, "--bpf-root"},
 		{[]string{"agent", "--cgroup-root=sub"}, "--cgroup-root"},
+		{[]string{"agent", "--bpf-max-backends=3"}, "--bpf-max"},
+		{[]string{"agent", "--bpf-max-services=-1"}, "bpf-max-services"},
 	} {
 		code, _, stderr := runCLI(t, tc.args...)
 		if code != 2 || !strings.Contains(stderr, tc.want) {

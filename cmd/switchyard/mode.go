@@ -42,7 +42,8 @@ func newBackend(mode string, cfg *agentConfig, out io.Writer, metrics prometheus
 				return nil, err
 			}
 		}
-		return bpf.NewBackend(bpf.Config{PinDir: cfg.bpfRoot, CgroupPath: cg, Metrics: metrics})
+		return bpf.NewBackend(bpf.Config{PinDir: cfg.bpfRoot, CgroupPath: cg, Metrics: metrics,
+			MaxServices: cfg.bpfMaps[0], MaxBackends: cfg.bpfMaps[1]})
 	}
 	return nil, usageError{fmt.Errorf("--mode: the %s dataplane is not built yet; this release has: %s", mode, strings.Join(builtList(), ", "))}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/switchyard/switchyard/bpf"
 	"github.com/switchyard/switchyard/dataplane"
 )
 
@@ -43,6 +44,8 @@ type options struct {
 	once               bool
 	bpfRoot            string
 	cgroupRoot         string
+	bpfMaxServices     uint32
+	bpfMaxBackends     uint32
 
 	flags *pflag.FlagSet
 }
@@ -57,6 +60,8 @@ func newOptions() *options {
 		source:             "apiserver",
 		nodePortRange:      "30000-32767",
 		bpfRoot:            defaultBPFRoot,
+		bpfMaxServices:     bpf.DefaultMaxServices,
+		bpfMaxBackends:     bpf.DefaultMaxBackends,
 	}
 }
 
@@ -79,6 +84,8 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.once, "once", o.once, "Sync once and exit (for dry runs with --mode=print).")
 	fs.StringVar(&o.bpfRoot, "bpf-root", o.bpfRoot, "eBPF mode: where maps and links are pinned (on a bpffs; mounted if missing).")
 	fs.StringVar(&o.cgroupRoot, "cgroup-root", o.cgroupRoot, "eBPF mode: the cgroup v2 directory the socket hooks attach to (default: the cgroup v2 mount).")
+	fs.Uint32Var(&o.bpfMaxServices, "bpf-max-services", o.bpfMaxServices, "eBPF mode: entries in the services map (one per frontend, one per backend slot, one per cluster IP).")
+	fs.Uint32Var(&o.bpfMaxBackends, "bpf-max-backends", o.bpfMaxBackends, "eBPF mode: entries in the backends map (one per distinct endpoint address, port and protocol).")
 }
 
 // usageError is a bad flag, config file or argument: the process exits 2.
@@ -103,7 +110,8 @@ type agentConfig struct {
 	minSyncPeriod time.Duration
 	once          bool
 	bpfRoot       string
-	cgroupRoot    string // "" means the cgroup v2 mount, found at start
+	cgroupRoot    string    // "" means the cgroup v2 mount, found at start
+	bpfMaps       [2]uint32 // services, backends
 }
 
 // complete applies the config file (command-line flags win), then validates
@@ -123,6 +131,10 @@ func (o *options) validate() (*agentConfig, error) {
 		return nil, flagErr("bpf-root", "want an absolute path, got %q", o.bpfRoot)
 	}
 	c.bpfRoot = o.bpfRoot
+	if o.bpfMaxServices < 16 || o.bpfMaxBackends < 16 {
+		return nil, flagErr("bpf-max-services", "the map sizes must be at least 16 (got %d services, %d backends)", o.bpfMaxServices, o.bpfMaxBackends)
+	}
+	c.bpfMaps = [2]uint32{o.bpfMaxServices, o.bpfMaxBackends}
 	if o.cgroupRoot != "" && !filepath.IsAbs(o.cgroupRoot) {
 		return nil, flagErr("cgroup-root", "want an absolute path, got %q", o.cgroupRoot)
 	}
