@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -25,82 +24,33 @@ import (
 
 const bpffs = "/sys/fs/bpf"
 
-// Set by TestMain.
-var (
-	echoBin, probeBin string
-	unsupported       error // why these tests cannot run here
-	buildErr          error
-)
+// support is set by TestMain: the helper binaries, or why these tests cannot run.
+var support *topology.Support
 
 func TestMain(m *testing.M) {
 	if os.Getenv(clientEnv) != "" {
 		os.Exit(clientMain(os.Args[1:])) // this binary re-executed as a client inside a pod
 	}
-	os.Exit(runTests(m))
-}
-
-func runTests(m *testing.M) int {
-	unsupported = kernelPrerequisites()
-	if unsupported == nil {
-		dir, err := os.MkdirTemp("", "bpf-test-bin")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		defer os.RemoveAll(dir)
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		defer cancel()
-		echoBin, probeBin, buildErr = topology.BuildBinaries(ctx, dir)
-		// Only what killed runs left: other packages' topologies may be up right now.
-		if removed, err := topology.Cleanup(false); err != nil || len(removed) > 0 {
-			fmt.Fprintf(os.Stderr, "bpf: removed leftover topologies %v (error: %v)\n", removed, err)
-		}
-		removeStalePins()
-		topology.CloseOnSignal()
+	// Stale pins of killed runs go with their topology (topology cleans up bpffs
+	// directories named with its prefix, like <prefix>-sw here).
+	support = topology.PrepareTests("root, ip, nsenter, cgroup v2, bpffs and the eBPF kernel features", kernelPrerequisites)
+	code := m.Run()
+	if err := support.Close(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 	}
-	return m.Run()
+	os.Exit(code)
 }
 
 func kernelPrerequisites() error {
-	if err := topology.Prerequisites(); err != nil {
-		return err
-	}
 	if err := MountBPFFS(bpffs); err != nil {
 		return err
 	}
 	return Probe()
 }
 
-var pinDirRE = regexp.MustCompile(`^(sy[0-9a-f]{6})-sw$`)
-
-// removeStalePins unpins what a killed run of these tests left: its topology (and so its node
-// namespace) is gone by now.
-func removeStalePins() {
-	ents, _ := os.ReadDir(bpffs)
-	for _, e := range ents {
-		m := pinDirRE.FindStringSubmatch(e.Name())
-		if m == nil {
-			continue
-		}
-		if _, err := os.Stat(topology.NetnsPath(m[1] + "-node")); errors.Is(err, os.ErrNotExist) {
-			if err := Unpin(filepath.Join(bpffs, e.Name())); err != nil {
-				fmt.Fprintf(os.Stderr, "bpf: stale pins %s: %v\n", e.Name(), err)
-			}
-		}
-	}
-}
-
 func requireKernel(t *testing.T) {
 	t.Helper()
-	if unsupported != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("socket LB tests need root, ip, nsenter, cgroup v2, bpffs and the kernel features: %v", unsupported)
-		}
-		t.Skipf("socket LB tests need root, ip, nsenter, cgroup v2, bpffs and the kernel features: %v", unsupported)
-	}
-	if buildErr != nil {
-		t.Fatalf("building the helper binaries: %v", buildErr)
-	}
+	support.Require(t)
 }
 
 // ---- the scenario ----
@@ -134,7 +84,7 @@ func scenario() topology.Scenario {
 			{Name: "p6", IP: "fd00:10::1", Local: true, Ports: podPorts},
 			{Name: clientPod, IP: "10.0.1.100", IPv6: "fd00:10::100", Local: true},
 		},
-		EchoBin: echoBin, ProbeBin: probeBin,
+		EchoBin: support.EchoBin, ProbeBin: support.ProbeBin,
 	}
 }
 

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -18,48 +17,33 @@ import (
 
 const bpffs = "/sys/fs/bpf"
 
-// Set by TestMain.
+// Set by TestMain: the helper binaries and the agent, or why the test cannot run.
 var (
-	switchyardBin, echoBin, probeBin string
-	unsupported                      error // why the test cannot run here
-	buildErr                         error
+	support       *topology.Support
+	switchyardBin string
+	agentErr      error
 )
 
 func TestMain(m *testing.M) {
 	if os.Getenv(holdEnv) != "" {
 		os.Exit(holdMain(os.Args[1:])) // this binary re-executed as the holding client inside a pod
 	}
-	os.Exit(runTests(m))
-}
-
-func runTests(m *testing.M) int {
-	unsupported = prerequisites()
-	if unsupported == nil {
-		dir, err := os.MkdirTemp("", "restart-test-bin")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		defer os.RemoveAll(dir)
+	support = topology.PrepareTests("root, ip, nsenter, cgroup v2, curl, bpffs and the eBPF kernel features", prerequisites)
+	if support.Unsupported == nil && support.BuildErr == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		buildErr = buildAll(ctx, dir)
-		// Only what killed runs left: other packages' topologies may be up right now.
-		if removed, err := topology.Cleanup(false); err != nil || len(removed) > 0 {
-			fmt.Fprintf(os.Stderr, "restart: removed leftover topologies %v (error: %v)\n", removed, err)
-		}
-		removeStalePins()
-		topology.CloseOnSignal()
+		switchyardBin, agentErr = buildAgent(ctx, support.Dir())
+		cancel()
 	}
-	return m.Run()
+	code := m.Run()
+	if err := support.Close(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+	}
+	os.Exit(code)
 }
 
-// prerequisites: root, what topologies need, bpffs, the kernel features of the eBPF dataplane, and
-// curl (the metrics are read from inside the node namespace).
+// prerequisites: besides what topologies need, bpffs, the kernel features of the
+// eBPF dataplane, and curl (the metrics are read from inside the node namespace).
 func prerequisites() error {
-	if err := topology.Prerequisites(); err != nil {
-		return err
-	}
 	if _, err := exec.LookPath("curl"); err != nil {
 		return fmt.Errorf("no curl: %w", err)
 	}
@@ -71,32 +55,25 @@ func prerequisites() error {
 
 func requirePrereqs(t *testing.T) {
 	t.Helper()
-	if unsupported != nil {
-		msg := fmt.Sprintf("the restart test needs root, ip, nsenter, cgroup v2, curl, bpffs and the eBPF kernel features: %v", unsupported)
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	if buildErr != nil {
-		t.Fatalf("building the binaries: %v", buildErr)
+	support.Require(t)
+	if agentErr != nil {
+		t.Fatalf("building the agent: %v", agentErr)
 	}
 }
 
-// buildAll builds the agent (from the module root) and the echo server and probe.
-func buildAll(ctx context.Context, dir string) error {
+// buildAgent builds the agent from the module root into dir.
+func buildAgent(ctx context.Context, dir string) (string, error) {
 	root, err := moduleRoot()
 	if err != nil {
-		return err
+		return "", err
 	}
-	switchyardBin = filepath.Join(dir, "switchyard")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", switchyardBin, "./cmd/switchyard")
+	bin := filepath.Join(dir, "switchyard")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/switchyard")
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build ./cmd/switchyard: %w: %s", err, strings.TrimSpace(string(out)))
+		return "", fmt.Errorf("go build ./cmd/switchyard: %w: %s", err, strings.TrimSpace(string(out)))
 	}
-	echoBin, probeBin, err = topology.BuildBinaries(ctx, dir)
-	return err
+	return bin, nil
 }
 
 // moduleRoot walks up from the working directory to the directory holding go.mod.
@@ -114,26 +91,5 @@ func moduleRoot() (string, error) {
 			return "", errors.New("no go.mod above the working directory")
 		}
 		dir = parent
-	}
-}
-
-// pinDirRE matches the agent's pin directories in tests (this package's and test/flowrun's):
-// /sys/fs/bpf/<prefix>-switchyard.
-var pinDirRE = regexp.MustCompile(`^(sy[0-9a-f]{6})-switchyard$`)
-
-// removeStalePins unpins what a killed run left: its topology (and so its node namespace) is gone
-// by now, while a live run's is not.
-func removeStalePins() {
-	ents, _ := os.ReadDir(bpffs)
-	for _, e := range ents {
-		m := pinDirRE.FindStringSubmatch(e.Name())
-		if m == nil {
-			continue
-		}
-		if _, err := os.Stat(topology.NetnsPath(m[1] + "-node")); errors.Is(err, os.ErrNotExist) {
-			if err := bpf.Unpin(filepath.Join(bpffs, e.Name())); err != nil {
-				fmt.Fprintf(os.Stderr, "restart: stale pins %s: %v\n", e.Name(), err)
-			}
-		}
 	}
 }

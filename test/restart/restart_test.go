@@ -46,7 +46,7 @@ func scenario() topology.Scenario {
 			{Name: "p2", IP: "10.0.1.2", Local: true, Ports: ports},
 			{Name: clientPod, IP: "10.0.1.100", Local: true},
 		},
-		EchoBin: echoBin, ProbeBin: probeBin,
+		EchoBin: support.EchoBin, ProbeBin: support.ProbeBin,
 	}
 }
 
@@ -385,7 +385,7 @@ type phaseCount struct {
 func startStream(t *testing.T, ctx context.Context, topo *topology.Topology) *stream {
 	t.Helper()
 	sctx, cancel := context.WithCancel(ctx)
-	cmd := topo.CommandContext(sctx, topo.PodNS(clientPod), probeBin,
+	cmd := topo.CommandContext(sctx, topo.PodNS(clientPod), support.ProbeBin,
 		"-proto", "tcp", "-dst", svcAddr, "-timeout", "1s", "-n", "100000000")
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -14,8 +15,9 @@ import (
 // markerRE matches the namespaces and cgroups this package creates; group 1 is the run prefix.
 var markerRE = regexp.MustCompile(`^(sy[0-9a-f]{6})-`)
 
-// Close kills and reaps every process the topology started, then deletes its namespaces and cgroups
-// (killing whatever else still runs in them). It is safe to call more than once.
+// Close kills and reaps every process the topology started, then deletes its namespaces, cgroups and
+// bpffs pins (/sys/fs/bpf/<prefix>-*), killing whatever else still runs in them. It is safe to call
+// more than once.
 func (t *Topology) Close() error {
 	t.mu.Lock()
 	if t.closed {
@@ -49,7 +51,7 @@ func (t *Topology) Close() error {
 	return errors.Join(errs...)
 }
 
-// CleanupPrefix removes every namespace and cgroup whose name starts with prefix (which must start
+// CleanupPrefix removes every namespace, cgroup and bpffs pin directory whose name starts with prefix (which must start
 // with "sy", this package's marker), after killing the processes in them. It returns what it removed.
 // Use it for the leftovers of one run that was not closed.
 func CleanupPrefix(prefix string) ([]string, error) {
@@ -125,8 +127,12 @@ func ourNames() ([]string, error) {
 			return nil, err
 		}
 	}
+	pins, err := listPins()
+	if err != nil {
+		return nil, err
+	}
 	var out []string
-	for _, n := range append(ns, cgs...) {
+	for _, n := range append(append(ns, cgs...), pins...) {
 		if markerRE.MatchString(n) {
 			out = append(out, n)
 		}
@@ -174,5 +180,37 @@ func removeMatching(match func(string) bool) ([]string, error) {
 		}
 		removed = append(removed, "cgroup "+path)
 	}
+	pins, err := listPins()
+	errs = append(errs, err)
+	for _, n := range pins {
+		if !match(n) {
+			continue
+		}
+		// Removing a pin detaches its link and frees its map once nothing else holds them.
+		if err := os.RemoveAll(filepath.Join(bpffsDir, n)); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, "bpffs pins "+filepath.Join(bpffsDir, n))
+	}
 	return removed, errors.Join(errs...)
+}
+
+// bpffsDir is where tests pin BPF objects, in directories named with the run prefix.
+const bpffsDir = "/sys/fs/bpf"
+
+// listPins lists the entries of bpffsDir (none when bpffs is not mounted).
+func listPins() ([]string, error) {
+	ents, err := os.ReadDir(bpffsDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range ents {
+		out = append(out, e.Name())
+	}
+	return out, nil
 }

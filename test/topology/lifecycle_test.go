@@ -80,7 +80,7 @@ func TestBuildFailureCleansUp(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			s := smallScenario()
-			s.Prefix, s.EchoBin = mustPrefix(t), echoBin
+			s.Prefix, s.EchoBin = mustPrefix(t), support.EchoBin
 			mutate(&s)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
@@ -99,13 +99,25 @@ func TestBuildFailureCleansUp(t *testing.T) {
 func TestCleanupPrefix(t *testing.T) {
 	topo := build(t, smallScenario())
 	pids := topo.ServerPIDs("p")
+	// A pin directory named with the prefix, as the eBPF tests make (a plain
+	// directory on bpffs stands in for one full of pins).
+	// It can only be made where bpffs is mounted.
+	pins := filepath.Join(bpffsDir, topo.Prefix()+"-pins")
+	madePins := os.Mkdir(pins, 0o700) == nil
 	removed, err := CleanupPrefix(topo.Prefix())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("removed %v", removed)
-	if len(removed) != 6 { // 4 namespaces (lan, node, pod, client) and 2 cgroups (node, ext)
-		t.Errorf("removed %d things, want 6: %v", len(removed), removed)
+	want := 6 // 4 namespaces (lan, node, pod, client) and 2 cgroups (node, ext)
+	if madePins {
+		want++
+	}
+	if len(removed) != want {
+		t.Errorf("removed %d things, want %d: %v", len(removed), want, removed)
+	}
+	if _, err := os.Stat(pins); !os.IsNotExist(err) {
+		t.Errorf("%s is still there: %v", pins, err)
 	}
 	checkGone(t, topo.Prefix(), pids)
 	if _, err := CleanupPrefix("x"); err == nil {

@@ -8,57 +8,29 @@ import (
 	"time"
 )
 
-// Set by TestMain: the helper binaries, or why topologies cannot be built here.
-var (
-	echoBin, probeBin string
-	unsupported       error
-	buildErr          error
-)
+// support is set by TestMain: the helper binaries, or why topologies cannot be
+// built here.
+var support *Support
 
 func TestMain(m *testing.M) {
-	os.Exit(runTests(m))
-}
-
-func runTests(m *testing.M) int {
-	unsupported = Prerequisites()
-	if unsupported == nil {
-		dir, err := os.MkdirTemp("", "topology-bin")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		defer os.RemoveAll(dir)
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		defer cancel()
-		echoBin, probeBin, buildErr = BuildBinaries(ctx, dir)
-		// Leftovers of killed runs only: other packages' tests may be running now.
-		if removed, err := Cleanup(false); err != nil || len(removed) > 0 {
-			fmt.Fprintf(os.Stderr, "topology: removed leftovers %v (error: %v)\n", removed, err)
-		}
-		CloseOnSignal()
+	support = PrepareTests("root, ip, nsenter and cgroup v2", nil)
+	code := m.Run()
+	if err := support.Close(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 	}
-	return m.Run()
+	os.Exit(code)
 }
 
-// requireTopology skips (fails on CI) when topologies cannot be built here.
 func requireTopology(t *testing.T) {
 	t.Helper()
-	if unsupported != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("topology tests need root, ip, nsenter and cgroup v2: %v", unsupported)
-		}
-		t.Skipf("topology tests need root, ip, nsenter and cgroup v2: %v", unsupported)
-	}
-	if buildErr != nil {
-		t.Fatalf("building the helper binaries: %v", buildErr)
-	}
+	support.Require(t)
 }
 
 // build builds a scenario and closes it when the test ends.
 func build(t *testing.T, s Scenario) *Topology {
 	t.Helper()
 	requireTopology(t)
-	s.EchoBin, s.ProbeBin = echoBin, probeBin
+	s.EchoBin, s.ProbeBin = support.EchoBin, support.ProbeBin
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	start := time.Now()

@@ -1,0 +1,73 @@
+package topology
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+)
+
+// Support is what a test binary that builds topologies prepares once, in TestMain:
+// the helper binaries, or why topologies cannot be built on this machine.
+type Support struct {
+	EchoBin, ProbeBin string
+	// Unsupported says why topologies (or what extra checked) cannot run here.
+	Unsupported error
+	// BuildErr is a failure to build the helper binaries: always a test failure.
+	BuildErr error
+	needs    string
+	dir      string
+}
+
+// PrepareTests checks the prerequisites (and extra, if not nil), builds the echo
+// server and the probe, removes what killed runs left (runs still in progress are
+// spared), and closes open topologies on SIGINT and SIGTERM. needs says what the
+// tests need, for the skip message. Close it after m.Run.
+func PrepareTests(needs string, extra func() error) *Support {
+	s := &Support{needs: needs, Unsupported: Prerequisites()}
+	if s.Unsupported == nil && extra != nil {
+		s.Unsupported = extra()
+	}
+	if s.Unsupported != nil {
+		return s
+	}
+	if s.dir, s.BuildErr = os.MkdirTemp("", "topology-bin-"); s.BuildErr != nil {
+		return s
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	s.EchoBin, s.ProbeBin, s.BuildErr = BuildBinaries(ctx, s.dir)
+	if removed, err := Cleanup(false); err != nil || len(removed) > 0 {
+		fmt.Fprintf(os.Stderr, "topology: removed leftovers of killed runs %v (error: %v)\n", removed, err)
+	}
+	CloseOnSignal()
+	return s
+}
+
+// Dir is a temporary directory that lives as long as the Support, for more binaries.
+func (s *Support) Dir() string { return s.dir }
+
+// Close removes the helper binaries.
+func (s *Support) Close() error {
+	if s.dir == "" {
+		return nil
+	}
+	return os.RemoveAll(s.dir)
+}
+
+// Require skips the test when topologies cannot be built here, or fails it when
+// CI=true (a missing prerequisite is a failure there); a build failure fails.
+func (s *Support) Require(t testing.TB) {
+	t.Helper()
+	if s.Unsupported != nil {
+		msg := fmt.Sprintf("these tests need %s: %v", s.needs, s.Unsupported)
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	if s.BuildErr != nil {
+		t.Fatalf("building the helper binaries: %v", s.BuildErr)
+	}
+}
