@@ -4,7 +4,7 @@ BIN     := bin/switchyard
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test unit lint generate demo bench clean prereqs controlplane flows
+.PHONY: all build test unit lint generate demo bench bench-ebpf clean prereqs controlplane flows
 
 all: build
 
@@ -58,6 +58,11 @@ demo: build prereqs
 # Model benchmarks at 10,000 services x 10 endpoints.
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./dataplane/
+
+# The eBPF agent at 10,000 services x 10 endpoints in a simulated node (root):
+# cold start to programmed, one endpoint change to the kernel map, RSS.
+bench-ebpf:
+	$(GO) run ./test/cmd/bench-ebpf -services 10000 -endpoints 10 -changes 20 -json bench-ebpf.json
 
 clean:
 	rm -rf bin
