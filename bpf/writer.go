@@ -32,9 +32,14 @@ type Writer struct {
 
 	frontends map[dataplane.FrontendKey]*programmed
 	ids       map[sockBackend]uint32 // backend -> stable id
+	byID      map[uint32]sockBackend // every backend id in the kernel (duplicates found there too)
 	refs      map[uint32]int         // backend id -> slots using it
-	stale     map[uint32]bool        // duplicate ids found in the kernel
-	svcIDs    map[dataplane.ServicePort]uint32
+	// unused are ids that may have lost their last slot: the only ones a sync
+	// looks at to free backends, so a small change costs little at any scale.
+	unused map[uint32]bool
+	// allAddrs: after a kernel read, every address entry is checked once.
+	allAddrs bool
+	svcIDs   map[dataplane.ServicePort]uint32
 	// cip counts the cluster IP frontends per address; addrs are the address-only
 	// entries in the kernel, which refuse the ports a cluster IP does not serve.
 	cip       map[netip.Addr]int
@@ -60,7 +65,7 @@ func NewWriter(services Map[sockSvcKey, sockSvcVal], backends Map[uint32, sockBa
 	return &Writer{
 		services: services, backends: backends,
 		frontends: map[dataplane.FrontendKey]*programmed{},
-		ids:       map[sockBackend]uint32{}, refs: map[uint32]int{}, stale: map[uint32]bool{},
+		ids:       map[sockBackend]uint32{}, byID: map[uint32]sockBackend{}, refs: map[uint32]int{}, unused: map[uint32]bool{},
 		svcIDs: map[dataplane.ServicePort]uint32{}, nextID: 1, nextSvcID: 1,
 		cip: map[netip.Addr]int{}, addrs: map[netip.Addr]bool{},
 	}
@@ -104,7 +109,7 @@ func (w *Writer) Sync(st *dataplane.State, changes *dataplane.ChangeSet) error {
 	}
 	errs = append(errs, w.syncAddrs(keys), w.releaseUnused())
 	w.serviceEntries.Store(int64(len(w.frontends) + w.slotCount + len(w.addrs)))
-	w.backendEntries.Store(int64(len(w.ids) + len(w.stale)))
+	w.backendEntries.Store(int64(len(w.byID)))
 	return errors.Join(errs...)
 }
 
@@ -120,8 +125,11 @@ func (w *Writer) syncAddrs(keys []dataplane.FrontendKey) error {
 	for _, k := range keys {
 		todo[k.Addr] = true
 	}
-	for a := range w.addrs {
-		todo[a] = true
+	if w.allAddrs {
+		for a := range w.addrs {
+			todo[a] = true
+		}
+		w.allAddrs = false
 	}
 	var errs []error
 	for a := range todo {
@@ -233,7 +241,7 @@ func (w *Writer) trimSlots(k dataplane.FrontendKey, proto uint8, cur *programmed
 		if err := w.services.Delete(slotKey(k, proto, i+1)); err != nil {
 			return fmt.Errorf("%s: %w", k, err)
 		}
-		w.refs[cur.slots[i]]--
+		w.release(cur.slots[i])
 		cur.slots = cur.slots[:i]
 		w.slotCount--
 	}
@@ -242,7 +250,7 @@ func (w *Writer) trimSlots(k dataplane.FrontendKey, proto uint8, cur *programmed
 
 func (w *Writer) setSlot(cur *programmed, i int, id uint32) {
 	if i < len(cur.slots) {
-		w.refs[cur.slots[i]]--
+		w.release(cur.slots[i])
 		cur.slots[i] = id
 	} else {
 		cur.slots = append(cur.slots, id)
@@ -263,34 +271,48 @@ func (w *Writer) backendID(e dataplane.Endpoint, proto uint8) (uint32, error) {
 		return 0, fmt.Errorf("backend %s: %w", e.AddrPort(), err)
 	}
 	w.nextID++
-	w.ids[b] = id
+	w.ids[b], w.byID[id] = id, b
+	w.unused[id] = true // until a slot points at it
 	return id, nil
 }
 
-// releaseUnused deletes backends no slot points at any more.
+func (w *Writer) release(id uint32) {
+	if id == 0 {
+		return // a slot read back empty from the kernel
+	}
+	w.refs[id]--
+	w.unused[id] = true
+}
+
+// releaseUnused deletes the backends no slot points at any more.
 func (w *Writer) releaseUnused() error {
 	var errs []error
-	for id := range w.stale {
-		if w.refs[id] > 0 {
-			continue
-		}
-		if err := w.backends.Delete(id); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		delete(w.stale, id)
-		delete(w.refs, id)
+	// A Go map never shrinks: one left nearly empty after a full sync would make
+	// every later sync scan all its buckets.
+	if len(w.unused) > 4096 {
+		defer func() { // maps.Clone would copy the buckets too
+			small := make(map[uint32]bool, len(w.unused))
+			for id := range w.unused {
+				small[id] = true
+			}
+			w.unused = small
+		}()
 	}
-	for b, id := range w.ids {
+	for id := range w.unused {
 		if w.refs[id] > 0 {
+			delete(w.unused, id)
 			continue
 		}
 		if err := w.backends.Delete(id); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		delete(w.ids, b)
+		if b := w.byID[id]; w.ids[b] == id {
+			delete(w.ids, b)
+		}
+		delete(w.byID, id)
 		delete(w.refs, id)
+		delete(w.unused, id)
 	}
 	return errors.Join(errs...)
 }
@@ -321,16 +343,16 @@ func (w *Writer) readKernel() error {
 	if err != nil {
 		return err
 	}
-	w.ids, w.refs, w.frontends = map[sockBackend]uint32{}, map[uint32]int{}, map[dataplane.FrontendKey]*programmed{}
-	w.cip, w.addrs = map[netip.Addr]int{}, map[netip.Addr]bool{}
+	w.ids, w.byID, w.refs = map[sockBackend]uint32{}, map[uint32]sockBackend{}, map[uint32]int{}
+	w.frontends, w.unused = map[dataplane.FrontendKey]*programmed{}, map[uint32]bool{}
+	w.cip, w.addrs, w.allAddrs = map[netip.Addr]int{}, map[netip.Addr]bool{}, true
 	w.slotCount = 0
 	w.nextID = 1
-	w.stale = map[uint32]bool{}
 	for _, id := range slices.Sorted(maps.Keys(bes)) {
-		if _, dup := w.ids[bes[id]]; dup {
-			w.stale[id] = true // slots move to the first id; then it goes
-		} else {
-			w.ids[bes[id]] = id
+		w.byID[id] = bes[id]
+		w.unused[id] = true // whatever no slot points at after this sync goes
+		if _, dup := w.ids[bes[id]]; !dup {
+			w.ids[bes[id]] = id // a duplicate's slots move to the first id
 		}
 		w.nextID = max(w.nextID, id+1)
 	}

@@ -363,3 +363,33 @@ func TestWriterAddressEntries(t *testing.T) {
 		t.Errorf("an empty state leaves %v and %d backends", got, f.be.Len())
 	}
 }
+
+// BenchmarkWriterOneChange10k: one endpoint of one service changes among 10,000
+// services x 10 endpoints; the cost must not grow with the rest.
+func BenchmarkWriterOneChange10k(b *testing.B) {
+	fes := map[string][]string{}
+	for i := 0; i < 10000; i++ {
+		var bs []string
+		for j := 1; j <= 10; j++ {
+			bs = append(bs, fmt.Sprintf("10.%d.%d.%d:8080", j, i/256, i%256))
+		}
+		fes[fmt.Sprintf("172.30.%d.%d:80/TCP", i/256, i%256)] = bs
+	}
+	st := stateOf(fes)
+	f := &fakes{svc: NewFakeMap[sockSvcKey, sockSvcVal](1 << 20), be: NewFakeMap[uint32, sockBackend](1 << 20)}
+	w := f.writer()
+	if err := w.Sync(st, nil); err != nil {
+		b.Fatal(err)
+	}
+	key := dataplane.FrontendKey{Addr: netip.MustParseAddr("172.30.0.42"), Port: 80, Protocol: "TCP"}
+	full := st.Frontends[key].Pod.Backends
+	cs := changed("172.30.0.42:80/TCP")
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		st.Frontends[key].Pod.Backends = full[:9+i%2]
+		if err := w.Sync(st, cs); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -119,8 +119,12 @@ func (r *Runner) Run(ctx context.Context, once bool) error {
 				retry = time.After(backoff)
 				backoff = min(2*backoff, r.maxBackoff)
 			} else {
+				if full {
+					// Only a full sync restarts the period: partial ones under a steady
+					// stream of changes must not put drift repair off for ever.
+					periodic.Reset(r.syncPeriod)
+				}
 				full, retry, backoff = false, nil, r.minBackoff
-				periodic.Reset(r.syncPeriod)
 			}
 		}
 		select {

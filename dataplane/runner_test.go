@@ -220,3 +220,30 @@ func TestRunOnceAndPrint(t *testing.T) {
 		t.Errorf("problems reported: %v", problems)
 	}
 }
+
+// A steady stream of changes does not put the periodic full sync off.
+func TestRunnerResyncsUnderChurn(t *testing.T) {
+	fx := startRunner(t, RunnerConfig{SyncPeriod: time.Second})
+	fx.syncAll()
+	fx.be.next(t) // the initial full sync
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+				fx.tr.UpsertService(svc("web", func(s *v1.Service) { s.Spec.Ports[0].Port = int32(2000 + i) }))
+			}
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	for n := 0; n < 200; n++ { // about 10 s of partial syncs at most
+		if cs := fx.be.next(t); cs == nil {
+			return // the periodic full sync came through
+		}
+	}
+	t.Error("no full sync among 200 syncs under churn")
+}
