@@ -16,6 +16,59 @@ type parser struct {
 	// seen maps "Kind namespace/name" to where it was first found: two objects
 	// with one name would silently replace each other.
 	seen map[string]location
+	// cache holds the documents of the last good parse, next those of this one.
+	cache, next docCache
+	locs        []location // every object found, in order
+}
+
+// docCache maps a document's text to what it decoded into.
+type docCache map[string]*parsedDoc
+
+type parsedDoc struct {
+	objs Objects
+	locs []location // kind, namespace and name of each object, for the duplicate check
+}
+
+// reuse takes a document unchanged since the last parse from the cache.
+func (p *parser) reuse(y []byte, file string, doc int) bool {
+	d, ok := p.cache[string(y)]
+	if !ok {
+		return false
+	}
+	for _, l := range d.locs {
+		if _, dup := p.seen[l.kind+" "+l.namespace+"/"+l.name]; dup {
+			return false // decode it again, which reports the duplicate
+		}
+	}
+	for _, l := range d.locs {
+		l.file, l.doc = file, doc
+		if err := p.unique(l); err != nil {
+			return false
+		}
+	}
+	p.add(&d.objs)
+	p.next[string(y)] = d
+	return true
+}
+
+// decode decodes a document and remembers it for the next parse.
+func (p *parser) decode(y, j []byte, loc location) error {
+	sub := &parser{objs: &Objects{}, seen: p.seen}
+	if err := sub.document(j, loc); err != nil {
+		return err
+	}
+	d := &parsedDoc{objs: *sub.objs, locs: sub.locs}
+	p.add(sub.objs)
+	if p.next != nil {
+		p.next[string(y)] = d
+	}
+	return nil
+}
+
+func (p *parser) add(o *Objects) {
+	p.objs.Services = append(p.objs.Services, o.Services...)
+	p.objs.EndpointSlices = append(p.objs.EndpointSlices, o.EndpointSlices...)
+	p.objs.Nodes = append(p.objs.Nodes, o.Nodes...)
 }
 
 func (p *parser) document(j []byte, loc location) error {
@@ -73,6 +126,7 @@ func (p *parser) unique(loc location) error {
 		return loc.wrap(fmt.Errorf("duplicate of %s", first))
 	}
 	p.seen[key] = loc
+	p.locs = append(p.locs, loc)
 	return nil
 }
 

@@ -30,6 +30,7 @@ type FileSource struct {
 	hash    [sha256.Size]byte
 	hashed  bool
 	applied *fileState // nil until the first good read
+	cache   docCache   // the documents of the last good read, decoded
 }
 
 // fileState is the set of objects last given to the sink.
@@ -93,11 +94,12 @@ func (f *FileSource) poll() {
 		return
 	}
 	f.hash, f.hashed = h, true
-	objs, err := parseManifests(ms)
+	objs, cache, err := parseManifests(ms, f.cache)
 	if err != nil {
 		f.setErr(err)
 		return
 	}
+	f.cache = cache
 	f.apply(f.state(objs))
 	f.setErr(nil)
 }
@@ -142,7 +144,8 @@ func (f *FileSource) apply(st *fileState) {
 // order so that runs are reproducible.
 func diff[T any](old, cur map[string]*T, upsert, del func(*T)) {
 	for _, k := range slices.Sorted(maps.Keys(cur)) {
-		if o, ok := old[k]; !ok || !equality.Semantic.DeepEqual(o, cur[k]) {
+		// An unchanged document keeps its object, so most compare as pointers.
+		if o, ok := old[k]; !ok || (o != cur[k] && !equality.Semantic.DeepEqual(o, cur[k])) {
 			upsert(cur[k])
 		}
 	}

@@ -165,3 +165,29 @@ func TestFileSourceRunStopsWithContext(t *testing.T) {
 		t.Errorf("Run: %v", err)
 	}
 }
+
+// Documents that did not change are not decoded again: their objects are the very
+// same, which keeps re-reading a large manifest cheap.
+func TestParseReusesUnchangedDocuments(t *testing.T) {
+	ms := []manifest{{name: "web.yaml", data: []byte(webService + "---\n" + webSlice)}}
+	first, cache, err := parseManifests(ms, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms[0].data = []byte(strings.Replace(webService, "port: 80", "port: 81", 1) + "---\n" + webSlice)
+	second, _, err := parseManifests(ms, cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.EndpointSlices[0] != first.EndpointSlices[0] {
+		t.Error("the unchanged slice was decoded again")
+	}
+	if second.Services[0] == first.Services[0] || second.Services[0].Spec.Ports[0].Port != 81 {
+		t.Errorf("the changed service was not decoded again: %+v", second.Services[0].Spec.Ports)
+	}
+	// A cached document is still checked for duplicates.
+	ms[0].data = []byte(webSlice + "---\n" + webSlice)
+	if _, _, err := parseManifests(ms, cache); err == nil || !strings.Contains(err.Error(), "duplicate") {
+		t.Errorf("a duplicate of a cached document: %v", err)
+	}
+}

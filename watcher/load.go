@@ -37,7 +37,8 @@ func Load(path string) (*Objects, error) {
 	if err != nil {
 		return nil, err
 	}
-	return parseManifests(ms)
+	objs, _, err := parseManifests(ms, nil)
+	return objs, err
 }
 
 func readManifests(path string) ([]manifest, error) {
@@ -99,14 +100,18 @@ func hashManifests(ms []manifest) [sha256.Size]byte {
 	return [sha256.Size]byte(h.Sum(nil))
 }
 
-func parseManifests(ms []manifest) (*Objects, error) {
-	p := &parser{objs: &Objects{}, seen: map[string]location{}}
+// parseManifests parses every manifest. With a cache of the last good parse,
+// documents whose text did not change are not decoded again and keep their
+// objects (the same pointers, so a diff skips them cheaply); it returns the cache
+// for the next parse.
+func parseManifests(ms []manifest, cache docCache) (*Objects, docCache, error) {
+	p := &parser{objs: &Objects{}, seen: map[string]location{}, cache: cache, next: docCache{}}
 	for _, m := range ms {
 		if err := p.file(m); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	return p.objs, nil
+	return p.objs, p.next, nil
 }
 
 // file parses one manifest. Documents are numbered from 1 in error messages,
@@ -114,6 +119,10 @@ func parseManifests(ms []manifest) (*Objects, error) {
 func (p *parser) file(m manifest) error {
 	doc := 0
 	for _, y := range splitDocuments(m.data) {
+		if p.reuse(y, m.name, doc+1) {
+			doc++
+			continue
+		}
 		j, err := yaml.YAMLToJSONStrict(y)
 		if err == nil && bytes.Equal(bytes.TrimSpace(j), []byte("null")) {
 			continue // empty, or only comments
@@ -123,7 +132,7 @@ func (p *parser) file(m manifest) error {
 		if err != nil {
 			return loc.wrap(err)
 		}
-		if err := p.document(j, loc); err != nil {
+		if err := p.decode(y, j, loc); err != nil {
 			return err
 		}
 	}
