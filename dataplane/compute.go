@@ -64,6 +64,7 @@ func ComputeService(svc *v1.Service, sl []*discovery.EndpointSlice, node NodeInf
 	st := &ServiceState{Name: ServiceName{svc.Namespace, svc.Name}}
 	c := svcCommon{svc: svc, node: node, cfg: cfg, st: st}
 	c.parse()
+	c.checkShape()
 	for _, f := range node.Families() {
 		c.family(f, sl)
 	}
@@ -132,6 +133,23 @@ func (c *svcCommon) parse() {
 	c.itpLocal = spec.InternalTrafficPolicy != nil && *spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal
 	if spec.Type == v1.ServiceTypeLoadBalancer && c.etpLocal && spec.HealthCheckNodePort > 0 && spec.HealthCheckNodePort <= 65535 {
 		c.st.HealthCheckNodePort = uint16(spec.HealthCheckNodePort)
+	}
+}
+
+// checkShape reports what makes a service unusable that API validation would have
+// caught: manifests from files, or an older API server, may still carry it.
+func (c *svcCommon) checkShape() {
+	if len(c.svc.Spec.Ports) == 0 {
+		c.problem("NoPorts", "the service has no ports; nothing to program")
+	}
+	ips := c.svc.Spec.ClusterIPs
+	if len(ips) == 0 {
+		ips = []string{c.svc.Spec.ClusterIP}
+	}
+	for _, s := range ips {
+		if _, err := netip.ParseAddr(s); err != nil {
+			c.problem("InvalidClusterIP", "clusterIP %q is not an IP address; ignored", s)
+		}
 	}
 }
 

@@ -417,6 +417,20 @@ func TestExternalFrontendsAndOptions(t *testing.T) {
 	})
 }
 
+func TestMalformedServices(t *testing.T) {
+	eps := []*discovery.EndpointSlice{slice("web-1", 8080, "10.1.0.1")}
+	runComputeCases(t, []computeCase{
+		{name: "no ports", svc: svc("web", func(s *v1.Service) { s.Spec.Ports = nil }), slices: eps, problems: []string{"NoPorts"}},
+		{name: "a cluster IP that is no address", svc: svc("web", clusterIPs("300.1.1.1")), slices: eps, problems: []string{"InvalidClusterIP"}},
+		{
+			name: "a port number out of range", slices: eps,
+			svc:      svc("web", func(s *v1.Service) { s.Spec.Ports = append(s.Spec.Ports, v1.ServicePort{Name: "bad", Port: 70000}) }),
+			want:     []string{"ClusterIP 172.30.0.1:80/TCP pod=10.1.0.1:8080 host=10.1.0.1:8080 +masq out=10.1.0.1:8080 +masq"},
+			problems: []string{"InvalidPort"},
+		},
+	})
+}
+
 func TestDualStack(t *testing.T) {
 	s := svc("web", clusterIPs("172.30.0.1", "fd00::1"), nodePort(30080))
 	sl := []*discovery.EndpointSlice{slice("web-v4", 8080, "10.1.0.1"), slice("web-v6", 8080, "fd01::1")}
