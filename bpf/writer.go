@@ -96,6 +96,7 @@ func (w *Writer) Sync(st *dataplane.State, changes *dataplane.ChangeSet) error {
 	}
 	slices.SortFunc(keys, compareKeys)
 	var errs []error
+	rejected := dataplane.FrontendErrors{}
 	for _, k := range keys {
 		var err error
 		if f := st.Frontends[k]; f != nil {
@@ -103,15 +104,30 @@ func (w *Writer) Sync(st *dataplane.State, changes *dataplane.ChangeSet) error {
 		} else {
 			err = w.remove(k)
 		}
-		if err != nil {
+		switch {
+		case err == nil:
+		case isFull(err) || errors.Is(err, errTooManyBackends):
+			rejected[k] = err // its own input: the others go on, the agent stays healthy
+		default:
 			errs = append(errs, err)
 		}
 	}
 	errs = append(errs, w.syncAddrs(keys), w.releaseUnused())
 	w.serviceEntries.Store(int64(len(w.frontends) + w.slotCount + len(w.addrs)))
 	w.backendEntries.Store(int64(len(w.byID)))
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		if len(rejected) > 0 {
+			return errors.Join(err, rejected)
+		}
+		return err
+	}
+	if len(rejected) > 0 {
+		return rejected
+	}
+	return nil
 }
+
+var errTooManyBackends = errors.New("more backends than a frontend can hold")
 
 // Entries are the entries the services and backends maps held after the last sync.
 func (w *Writer) Entries() (services, backends int64) {
@@ -174,7 +190,7 @@ func (w *Writer) put(f *dataplane.FrontendState) error {
 	fail := func(err error) error { return fmt.Errorf("%s (%s): %w", f.FrontendKey, f.Service, err) }
 	route := f.Pod
 	if len(route.Backends) > math.MaxUint16 {
-		return fail(fmt.Errorf("%d backends, at most %d per frontend", len(route.Backends), math.MaxUint16))
+		return fail(fmt.Errorf("%d backends, at most %d: %w", len(route.Backends), math.MaxUint16, errTooManyBackends))
 	}
 	proto, err := protoNumber(f.Protocol)
 	if err != nil {

@@ -246,6 +246,10 @@ func TestWriterFullMapDisturbsNothingElse(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "172.30.0.20:80/TCP") || !strings.Contains(err.Error(), "full") {
 		t.Fatalf("want an error naming the frontend and the full map, got %v", err)
 	}
+	// Refused for its own input: a partial success the runner reports, not a failed sync.
+	if fe, ok := err.(dataplane.FrontendErrors); !ok || len(fe) != 1 {
+		t.Errorf("want FrontendErrors with one frontend, got %T %v", err, err)
+	}
 	got := f.view(t)
 	want := []string{
 		"172.30.0.10 any port: flags=1",

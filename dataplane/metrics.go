@@ -21,6 +21,7 @@ type Metrics struct {
 	EndpointChangesTot  prometheus.Counter
 	NoLocalEndpoints    *prometheus.GaugeVec
 	SyncErrors          prometheus.Counter
+	Rejected            prometheus.Gauge
 	Frontends           prometheus.Gauge
 	Services            prometheus.Gauge
 }
@@ -55,6 +56,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Number of services with a Local traffic policy and no endpoints"}, []string{"traffic_policy"}),
 		SyncErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchyard_sync_errors_total", Help: "Syncs that failed and forced the next one to be full"}),
+		Rejected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "switchyard_frontends_not_programmed", Help: "Frontends the backend refused (a full map, too many backends) and has not programmed since"}),
 		Frontends: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "switchyard_frontends", Help: "Frontends (address, port, protocol) in the desired state"}),
 		Services: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -62,7 +65,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	reg.MustRegister(m.SyncDuration, m.FullSyncDuration, m.PartialSyncDuration, m.NetworkProgramming, m.LastSync,
 		m.LastQueued, m.ServiceChangesPend, m.ServiceChangesTotal, m.EndpointChangesPend, m.EndpointChangesTot,
-		m.NoLocalEndpoints, m.SyncErrors, m.Frontends, m.Services)
+		m.NoLocalEndpoints, m.SyncErrors, m.Rejected, m.Frontends, m.Services)
 	return m
 }
 

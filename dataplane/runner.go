@@ -35,7 +35,9 @@ type Runner struct {
 
 	trigger  chan struct{}
 	triggers []time.Time // trigger times whose latency is still to be observed
-	now      func() time.Time
+	// notProgrammed are the frontends the backend refused and has not taken since.
+	notProgrammed map[FrontendKey]bool
+	now           func() time.Time
 }
 
 // RunnerConfig configures a Runner.
@@ -188,11 +190,24 @@ func (r *Runner) SyncOnce(ctx context.Context, full bool) error {
 	case !cs.Empty():
 		err = r.backend.Sync(ctx, r.state, cs)
 	}
+	// Only a FrontendErrors on its own is a success; joined with anything else the
+	// sync failed.
+	rejected, partial := err.(FrontendErrors)
+	if partial {
+		r.reportRejected(rejected)
+		err = nil
+	}
+	if err == nil {
+		r.trackRejected(full, cs, rejected)
+	}
 	if err != nil {
 		if r.metrics != nil {
 			r.metrics.SyncErrors.Inc()
 		}
 		return fmt.Errorf("%s backend: %w", r.backend.Name(), err)
+	}
+	if r.metrics != nil {
+		r.metrics.Rejected.Set(float64(len(r.notProgrammed)))
 	}
 	end := r.now()
 	if r.metrics != nil {
@@ -205,4 +220,37 @@ func (r *Runner) SyncOnce(ctx context.Context, full bool) error {
 	klog.V(2).InfoS("Synced", "backend", r.backend.Name(), "full", full, "changedFrontends", len(cs.Frontends),
 		"frontends", len(r.state.Frontends), "took", end.Sub(start))
 	return nil
+}
+
+// trackRejected keeps the set of frontends the backend has refused and not yet
+// accepted: a full sync replaces it, a partial one updates the keys it wrote.
+func (r *Runner) trackRejected(full bool, cs *ChangeSet, rejected FrontendErrors) {
+	if full || r.notProgrammed == nil {
+		r.notProgrammed = map[FrontendKey]bool{}
+	} else {
+		for k := range cs.Frontends {
+			delete(r.notProgrammed, k)
+		}
+	}
+	for k := range rejected {
+		r.notProgrammed[k] = true
+	}
+}
+
+// reportRejected tells each service which of its frontends the backend refused.
+func (r *Runner) reportRejected(rejected FrontendErrors) {
+	klog.ErrorS(rejected, "Some frontends were not programmed; everything else was", "backend", r.backend.Name())
+	if r.hooks.Problems == nil {
+		return
+	}
+	byService := map[ServiceName][]Problem{}
+	for k, err := range rejected {
+		if f := r.state.Frontends[k]; f != nil {
+			byService[f.Service.ServiceName] = append(byService[f.Service.ServiceName],
+				Problem{Reason: "FrontendNotProgrammed", Message: err.Error()})
+		}
+	}
+	for n, ps := range byService {
+		r.hooks.Problems(n, ps)
+	}
 }

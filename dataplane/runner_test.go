@@ -20,6 +20,8 @@ type fakeBackend struct {
 	programmed map[FrontendKey]FrontendState
 	syncs      chan *ChangeSet // one per Sync call; nil for a full sync
 	failNext   int
+	// refuse makes Sync leave these frontends out and say so.
+	refuse map[FrontendKey]bool
 }
 
 func newFakeBackend() *fakeBackend {
@@ -44,12 +46,20 @@ func (f *fakeBackend) Sync(_ context.Context, st *State, cs *ChangeSet) error {
 		}
 		return nil
 	}
+	rejected := FrontendErrors{}
 	for k := range cs.Frontends {
+		if f.refuse[k] {
+			rejected[k] = errors.New(k.String() + ": map full")
+			continue
+		}
 		if v, ok := st.Frontends[k]; ok {
 			f.programmed[k] = *v
 		} else {
 			delete(f.programmed, k)
 		}
+	}
+	if len(rejected) > 0 {
+		return rejected
 	}
 	return nil
 }
@@ -246,4 +256,47 @@ func TestRunnerResyncsUnderChurn(t *testing.T) {
 		}
 	}
 	t.Error("no full sync among 200 syncs under churn")
+}
+
+// A frontend the backend refuses for its own input is reported on its service;
+// the sync still counts as a success, so nothing is retried in a loop.
+func TestRunnerReportsRefusedFrontends(t *testing.T) {
+	var mu sync.Mutex
+	var problems []string
+	fx := startRunner(t, RunnerConfig{SyncPeriod: time.Hour, Hooks: Hooks{Problems: func(n ServiceName, ps []Problem) {
+		mu.Lock()
+		defer mu.Unlock()
+		problems = append(problems, n.String()+" "+ps[0].Reason)
+	}}})
+	fx.syncAll()
+	fx.be.next(t)
+	fx.be.mu.Lock()
+	fx.be.refuse = map[FrontendKey]bool{{Addr: mustAddr("172.30.0.9"), Port: 80, Protocol: TCP}: true}
+	fx.be.mu.Unlock()
+	fx.tr.UpsertService(svc("big", clusterIPs("172.30.0.9")))
+	fx.tr.UpsertService(svc("web"))
+	got := 0
+	for got < 2 {
+		cs := fx.be.next(t)
+		if cs == nil {
+			t.Fatal("a full sync: the refusal was taken for a failure")
+		}
+		got += len(cs.Frontends)
+	}
+	select {
+	case cs := <-fx.be.syncs:
+		t.Errorf("a refused frontend made the runner sync again (%v)", cs)
+	case <-time.After(500 * time.Millisecond):
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(problems) != 1 || problems[0] != "ns/big FrontendNotProgrammed" {
+		t.Errorf("problems %v", problems)
+	}
+	if v := testutil.ToFloat64(fx.metrics.Rejected); v != 1 {
+		t.Errorf("switchyard_frontends_not_programmed %v", v)
+	}
+	if v := testutil.ToFloat64(fx.metrics.SyncErrors); v != 0 {
+		t.Errorf("sync errors %v", v)
+	}
 }
