@@ -86,7 +86,7 @@ func TestKill9UnderLoad(t *testing.T) {
 	t.Cleanup(cancel)
 
 	topo := buildTopology(t, ctx)
-	ag := newAgents(t, topo)
+	ag := newAgents(t, topo, objects())
 	ag.start(t, ctx)
 
 	held, first := startHolder(t, ctx, topo, topo.PodNS(clientPod), svcAddr)
@@ -215,14 +215,14 @@ type agents struct {
 	curFile *os.File
 }
 
-func newAgents(t *testing.T, topo *topology.Topology) *agents {
+func newAgents(t *testing.T, topo *topology.Topology, objs flow.Objects, extraArgs ...string) *agents {
 	t.Helper()
 	work := t.TempDir()
 	manifests := filepath.Join(work, "manifests")
 	if err := os.Mkdir(manifests, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := objects().WriteManifests(manifests); err != nil {
+	if err := objs.WriteManifests(manifests); err != nil {
 		t.Fatal(err)
 	}
 	a := &agents{topo: topo, logDir: work, pinDir: filepath.Join(bpffs, topo.Prefix()+"-switchyard")}
@@ -233,6 +233,7 @@ func newAgents(t *testing.T, topo *topology.Topology) *agents {
 		"--healthz-bind-address=127.0.0.1:10256", "--metrics-bind-address=127.0.0.1:10249",
 		"--v=2",
 	}
+	a.args = append(a.args, extraArgs...)
 	// Runs before the topology's Close: stop the agent, then unpin (which detaches the programs),
 	// in the node namespace as the agent ran there.
 	t.Cleanup(func() {
