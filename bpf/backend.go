@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/klog/v2"
 
 	"github.com/switchyard/switchyard/dataplane"
 )
@@ -29,9 +30,10 @@ type Config struct {
 // Backend is the eBPF dataplane (--mode=ebpf): socket-level load balancing for
 // traffic that starts on the node.
 type Backend struct {
-	cfg    Config
-	objs   *Objects
-	writer *Writer
+	cfg       Config
+	objs      *Objects
+	writer    *Writer
+	destroyer SocketDestroyer
 }
 
 // NewBackend loads the programs, takes over the pinned maps an earlier agent left,
@@ -48,7 +50,7 @@ func NewBackend(cfg Config) (*Backend, error) {
 		return nil, fmt.Errorf("attaching to cgroup %s: %w (and %v)", cfg.CgroupPath, err, objs.Close())
 	}
 	b := &Backend{
-		cfg: cfg, objs: objs,
+		cfg: cfg, objs: objs, destroyer: SocketDestroyer{Cgroup: cfg.CgroupPath},
 		writer: NewWriter(NewKernelMap[sockSvcKey, sockSvcVal](objs.Services), NewKernelMap[uint32, sockBackend](objs.Backends)),
 	}
 	if cfg.Metrics != nil {
@@ -81,7 +83,15 @@ func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
 func (b *Backend) Name() string { return "ebpf" }
 
 func (b *Backend) Sync(_ context.Context, st *dataplane.State, changes *dataplane.ChangeSet) error {
-	return b.writer.Sync(st, changes)
+	err := b.writer.Sync(st, changes)
+	// Clients keep sending into a removed backend otherwise; a failure here is
+	// logged, not the sync's: the backend is gone whatever happens to the sockets.
+	if gone := b.writer.TakeRemovedUDP(); len(gone) > 0 {
+		if derr := b.destroyer.Destroy(gone); derr != nil {
+			klog.ErrorS(derr, "Destroying UDP sockets connected to removed backends", "backends", gone)
+		}
+	}
+	return err
 }
 
 // Cleanup removes the pins, which detaches the programs and frees the maps.

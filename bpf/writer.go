@@ -47,6 +47,9 @@ type Writer struct {
 	nextID    uint32
 	nextSvcID uint32
 	slotCount int // slots in w.frontends, for the map pressure
+	// removedUDP are UDP backends deleted since TakeRemovedUDP: sockets still
+	// connected to them are to be destroyed.
+	removedUDP []netip.AddrPort
 
 	// Entries in the services and backends maps after the last Sync, for metrics
 	// read from other goroutines.
@@ -128,6 +131,13 @@ func (w *Writer) Sync(st *dataplane.State, changes *dataplane.ChangeSet) error {
 }
 
 var errTooManyBackends = errors.New("more backends than a frontend can hold")
+
+// TakeRemovedUDP returns the UDP backends deleted since the last call.
+func (w *Writer) TakeRemovedUDP() []netip.AddrPort {
+	r := w.removedUDP
+	w.removedUDP = nil
+	return r
+}
 
 // Entries are the entries the services and backends maps held after the last sync.
 func (w *Writer) Entries() (services, backends int64) {
@@ -323,8 +333,12 @@ func (w *Writer) releaseUnused() error {
 			errs = append(errs, err)
 			continue
 		}
-		if b := w.byID[id]; w.ids[b] == id {
+		b := w.byID[id]
+		if w.ids[b] == id {
 			delete(w.ids, b)
+		}
+		if b.Proto == 17 {
+			w.removedUDP = append(w.removedUDP, netip.AddrPortFrom(netip.AddrFrom16(b.Addr).Unmap(), ntohs(b.Port)))
 		}
 		delete(w.byID, id)
 		delete(w.refs, id)

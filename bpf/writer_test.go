@@ -397,3 +397,24 @@ func BenchmarkWriterOneChange10k(b *testing.B) {
 		}
 	}
 }
+
+// The writer names the UDP backends it deleted, whose connected sockets the
+// backend then destroys.
+func TestWriterReportsRemovedUDPBackends(t *testing.T) {
+	f := newFakes(100)
+	w := f.writer()
+	st := stateOf(map[string][]string{"172.30.0.10:53/UDP": {"10.0.1.1:5353", "10.0.1.2:5353"}, "172.30.0.10:80/TCP": {"10.0.1.1:8080"}})
+	if err := w.Sync(st, nil); err != nil {
+		t.Fatal(err)
+	}
+	st = stateOf(map[string][]string{"172.30.0.10:53/UDP": {"10.0.1.1:5353"}})
+	if err := w.Sync(st, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.TakeRemovedUDP(); len(got) != 1 || got[0] != netip.MustParseAddrPort("10.0.1.2:5353") {
+		t.Errorf("removed UDP backends %v, want 10.0.1.2:5353 only", got)
+	}
+	if got := w.TakeRemovedUDP(); len(got) != 0 {
+		t.Errorf("taken twice: %v", got)
+	}
+}
