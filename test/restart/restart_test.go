@@ -205,14 +205,15 @@ func checkNothingLeft(t *testing.T, prefix string) {
 // agents runs the agent in the node namespace (and cgroup), one at a time, always with the same
 // flags, manifests and pin directory.
 type agents struct {
-	topo    *topology.Topology
-	args    []string
-	logDir  string
-	pinDir  string
-	n       int       // agents started so far
-	cur     *exec.Cmd // the running one
-	curLog  string
-	curFile *os.File
+	topo      *topology.Topology
+	args      []string
+	logDir    string
+	manifests string // the directory the agents read
+	pinDir    string
+	n         int       // agents started so far
+	cur       *exec.Cmd // the running one
+	curLog    string
+	curFile   *os.File
 }
 
 func newAgents(t *testing.T, topo *topology.Topology, objs flow.Objects, extraArgs ...string) *agents {
@@ -225,7 +226,7 @@ func newAgents(t *testing.T, topo *topology.Topology, objs flow.Objects, extraAr
 	if err := objs.WriteManifests(manifests); err != nil {
 		t.Fatal(err)
 	}
-	a := &agents{topo: topo, logDir: work, pinDir: filepath.Join(bpffs, topo.Prefix()+"-switchyard")}
+	a := &agents{topo: topo, logDir: work, manifests: manifests, pinDir: filepath.Join(bpffs, topo.Prefix()+"-switchyard")}
 	a.args = []string{
 		"agent", "--mode=ebpf", "--source=file:" + manifests,
 		"--hostname-override=" + nodeName, "--cluster-cidr=10.0.0.0/8",
