@@ -31,9 +31,6 @@ func TestMain(m *testing.M) {
 	if os.Getenv(clientEnv) != "" {
 		os.Exit(clientMain(os.Args[1:])) // this binary re-executed as a client inside a pod
 	}
-	if os.Getenv(udpHoldEnv) != "" {
-		os.Exit(udpHoldMain(os.Args[1])) // or as a UDP socket held open
-	}
 	// Stale pins of killed runs go with their topology (topology cleans up bpffs
 	// directories named with its prefix, like <prefix>-sw here).
 	support = topology.PrepareTests("root, ip, nsenter, cgroup v2, bpffs and the eBPF kernel features", kernelPrerequisites)

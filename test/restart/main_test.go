@@ -28,9 +28,6 @@ func TestMain(m *testing.M) {
 	if os.Getenv(holdEnv) != "" {
 		os.Exit(holdMain(os.Args[1:])) // this binary re-executed as the holding client inside a pod
 	}
-	if os.Getenv(udpHoldEnv) != "" {
-		os.Exit(udpHoldMain(os.Args[1])) // or as a connected UDP socket
-	}
 	support = topology.PrepareTests("root, ip, nsenter, cgroup v2, curl, bpffs and the eBPF kernel features", prerequisites)
 	if support.Unsupported == nil && support.BuildErr == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)

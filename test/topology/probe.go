@@ -73,3 +73,43 @@ func parseProbe(out string) ([]ProbeResult, error) {
 	}
 	return res, sc.Err()
 }
+
+// HoldUDP runs the probe with -hold inside ns: one UDP socket connected to dst
+// that sends nothing. It returns once the socket is connected; the channel then
+// delivers what ended the wait (the socket being destroyed, say). Close kills it.
+func (t *Topology) HoldUDP(ctx context.Context, ns, dst string) (<-chan ProbeResult, error) {
+	cmd := t.CommandContext(ctx, ns, t.Scenario.ProbeBin, "-hold", "-dst", dst)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := t.Start(cmd); err != nil {
+		return nil, err
+	}
+	lines := make(chan ProbeResult, 2)
+	sc := bufio.NewScanner(out)
+	next := func() (ProbeResult, error) {
+		if !sc.Scan() {
+			return ProbeResult{}, fmt.Errorf("probe -hold %s in %s: no output (%v)", dst, ns, sc.Err())
+		}
+		rs, err := parseProbe(sc.Text())
+		if err != nil || len(rs) != 1 {
+			return ProbeResult{}, fmt.Errorf("probe -hold %s: %q: %v", dst, sc.Text(), err)
+		}
+		return rs[0], nil
+	}
+	first, err := next()
+	if err != nil {
+		return nil, err
+	}
+	if first.Result != "held" {
+		return nil, fmt.Errorf("probe -hold %s in %s: %+v", dst, ns, first)
+	}
+	go func() {
+		defer close(lines)
+		if r, err := next(); err == nil {
+			lines <- r
+		}
+	}()
+	return lines, nil
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -53,6 +54,23 @@ func probeUDP(o options) result {
 	r := parseReply(string(buf[:n]), err)
 	r.Local = c.LocalAddr().String()
 	return r
+}
+
+// holdUDP connects a UDP socket, says so, and reports what ends its wait.
+func holdUDP(o options, enc *json.Encoder) error {
+	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(o.dst))
+	if err != nil {
+		return enc.Encode(failure(err))
+	}
+	defer c.Close()
+	if err := enc.Encode(result{Result: "held", Local: c.LocalAddr().String()}); err != nil {
+		return err
+	}
+	n, err := c.Read(make([]byte, 512))
+	if err == nil {
+		return enc.Encode(result{Result: "error", Error: fmt.Sprintf("an unexpected %d-byte datagram", n)})
+	}
+	return enc.Encode(failure(err))
 }
 
 // parseReply turns the echo server's "<local> <peer>\n" (or the error reading it) into a result.

@@ -2,6 +2,7 @@
 // process) and opens new connections to an echo server:
 //
 //	probe -proto tcp|udp -dst IP:PORT [-src IP] [-timeout 1s] [-n N]
+//	probe -hold -dst IP:PORT
 //
 // Each connection gets a fresh socket (a new source port, so a new conntrack entry) and prints one
 // JSON line:
@@ -19,6 +20,9 @@
 //	         which one
 //	timeout  no answer within -timeout (SYN unanswered, datagram unanswered, or no reply line)
 //	error    anything else (e.g. a reset after the connection was established, a malformed reply)
+//
+// With -hold it connects one UDP socket, prints {"result":"held","local":...}, sends nothing and waits
+// for whatever ends the wait (the socket being destroyed, say), which it prints as a last line.
 //
 // The exit status is 0 whatever the results; 2 means bad usage.
 package main
@@ -47,6 +51,7 @@ type options struct {
 	src     netip.Addr
 	timeout time.Duration
 	n       int
+	hold    bool
 }
 
 func main() {
@@ -56,6 +61,13 @@ func main() {
 		os.Exit(2)
 	}
 	enc := json.NewEncoder(os.Stdout)
+	if o.hold {
+		if err := holdUDP(o, enc); err != nil {
+			fmt.Fprintln(os.Stderr, "probe:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	for i := 0; i < o.n; i++ {
 		var r result
 		if o.proto == "tcp" {
@@ -77,10 +89,11 @@ func parseFlags(args []string) (options, error) {
 	src := fs.String("src", "", "source IP to bind (optional)")
 	timeout := fs.Duration("timeout", time.Second, "per-connection timeout")
 	n := fs.Int("n", 1, "number of sequential new connections")
+	hold := fs.Bool("hold", false, "hold one connected UDP socket until something ends it")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
 	}
-	o := options{proto: *proto, timeout: *timeout, n: *n}
+	o := options{proto: *proto, timeout: *timeout, n: *n, hold: *hold}
 	var err error
 	if o.dst, err = netip.ParseAddrPort(*dst); err != nil {
 		return o, fmt.Errorf("-dst: %w", err)
