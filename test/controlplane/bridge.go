@@ -86,21 +86,18 @@ func (c *ControlPlane) BridgeIntoNetns(nsPath string, port int) (stop func() err
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := waitFor(ctx, host, func() bool { _, err := os.Stat(sock); return err == nil }); err != nil {
-		_ = stopBoth()
-		return nil, fmt.Errorf("bridge socket %s: %w", sock, err)
+		return nil, errors.Join(fmt.Errorf("bridge socket %s: %w", sock, err), stopBoth())
 	}
 	inner, err = startProc("socat (bridge in "+nsPath+")", logPath, nsenter, "--net="+nsPath, socat,
 		fmt.Sprintf("TCP-LISTEN:%d,bind=127.0.0.1,fork,reuseaddr,nodelay", port),
 		"UNIX-CONNECT:"+sock)
 	if err != nil {
-		_ = stopBoth()
-		return nil, err
+		return nil, errors.Join(err, stopBoth())
 	}
 	// /proc/PID/net/tcp lists the sockets of PID's network namespace: wait for the
 	// listener there.
 	if err := waitFor(ctx, inner, func() bool { return sameNetns(inner.cmd.Process.Pid, nsPath) && listening(inner.cmd.Process.Pid, port) }); err != nil {
-		_ = stopBoth()
-		return nil, fmt.Errorf("bridge listener on 127.0.0.1:%d in %s: %w", port, nsPath, err)
+		return nil, errors.Join(fmt.Errorf("bridge listener on 127.0.0.1:%d in %s: %w", port, nsPath, err), stopBoth())
 	}
 
 	stop = func() error {
@@ -112,8 +109,7 @@ func (c *ControlPlane) BridgeIntoNetns(nsPath string, port int) (stop func() err
 	c.mu.Lock()
 	if c.stopped {
 		c.mu.Unlock()
-		_ = stopBoth()
-		return nil, errors.New("control plane stopped")
+		return nil, errors.Join(errors.New("control plane stopped"), stopBoth())
 	}
 	c.bridges[id] = stopBoth
 	c.mu.Unlock()

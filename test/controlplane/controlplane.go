@@ -175,7 +175,7 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 	}
 	defer func() {
 		if err != nil {
-			_ = c.Stop()
+			err = errors.Join(err, c.Stop())
 		}
 	}()
 
@@ -281,8 +281,8 @@ func (c *ControlPlane) startEtcd(ctx context.Context) (string, error) {
 		if err == nil {
 			return client, nil
 		}
-		lastErr = err
-		_ = p.stop(stopGrace)
+		// A port taken between choosing and binding it: try another one.
+		lastErr = errors.Join(err, p.stop(stopGrace))
 		if !logContains(logPath, "address already in use") {
 			break
 		}
@@ -329,8 +329,8 @@ func (c *ControlPlane) startAPIServer(ctx context.Context, etcdURL string) error
 			c.url = u
 			return nil
 		}
-		lastErr = err
-		_ = p.stop(stopGrace)
+		// A port taken between choosing and binding it: try another one.
+		lastErr = errors.Join(err, p.stop(stopGrace))
 		if !logContains(logPath, "address already in use") {
 			break
 		}
