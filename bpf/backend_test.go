@@ -16,18 +16,9 @@ import (
 // The backend writes real maps through the writer, the hooks use them, and the map
 // pressure metric follows what the maps hold.
 func TestBackendWritesKernelMaps(t *testing.T) {
-	requireKernel(t)
+	topo := support.Build(t, scenario())
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	topo, err := topology.Build(ctx, scenario())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := topo.Close(); err != nil {
-			t.Errorf("close topology: %v", err)
-		}
-	})
 	pinDir := filepath.Join(bpffs, topo.Prefix()+"-be")
 	reg := prometheus.NewRegistry()
 	b, err := NewBackend(Config{PinDir: pinDir, CgroupPath: topo.NodeCgroup(), MaxServices: 64, MaxBackends: 64, Metrics: reg})

@@ -84,7 +84,6 @@ func scenario() topology.Scenario {
 			{Name: "p6", IP: "fd00:10::1", Local: true, Ports: podPorts},
 			{Name: clientPod, IP: "10.0.1.100", IPv6: "fd00:10::100", Local: true},
 		},
-		EchoBin: support.EchoBin, ProbeBin: support.ProbeBin,
 	}
 }
 
@@ -99,18 +98,7 @@ type env struct {
 // programs the services. Everything is removed when the test ends, whatever happens.
 func setup(t *testing.T) *env {
 	t.Helper()
-	requireKernel(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	topo, err := topology.Build(ctx, scenario())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := topo.Close(); err != nil {
-			t.Errorf("close topology: %v", err)
-		}
-	})
+	topo := support.Build(t, scenario())
 	e := &env{topo: topo, pinDir: filepath.Join(bpffs, topo.Prefix()+"-sw")}
 	// Registered before Load so a failure halfway leaves no pin either; runs before topo.Close.
 	t.Cleanup(func() {
@@ -123,6 +111,7 @@ func setup(t *testing.T) *env {
 			t.Errorf("unpin: %v", err)
 		}
 	})
+	var err error
 	if e.objs, err = Load(LoadOptions{PinDir: e.pinDir, MaxServices: 1024, MaxBackends: 1024}); err != nil {
 		t.Fatal(err)
 	}

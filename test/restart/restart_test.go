@@ -46,7 +46,6 @@ func scenario() topology.Scenario {
 			{Name: "p2", IP: "10.0.1.2", Local: true, Ports: ports},
 			{Name: clientPod, IP: "10.0.1.100", Local: true},
 		},
-		EchoBin: support.EchoBin, ProbeBin: support.ProbeBin,
 	}
 }
 
@@ -85,7 +84,7 @@ func TestKill9UnderLoad(t *testing.T) {
 	// cleanups to stop them their own way (this runs after every other cleanup).
 	t.Cleanup(cancel)
 
-	topo := buildTopology(t, ctx)
+	topo := buildTopology(t)
 	ag := newAgents(t, topo, objects())
 	ag.start(t, ctx)
 
@@ -159,22 +158,17 @@ func checkHeld(t *testing.T, h *holder, first holdReport, when string) {
 }
 
 // buildTopology builds the scenario; at the end, it is closed and nothing of it may be left.
-func buildTopology(t *testing.T, ctx context.Context) *topology.Topology {
+func buildTopology(t *testing.T) *topology.Topology {
 	t.Helper()
-	bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	topo, err := topology.Build(bctx, scenario())
-	if err != nil {
-		t.Fatal(err)
-	}
-	prefix := topo.Prefix()
-	t.Logf("topology %s", prefix)
-	t.Cleanup(func() { checkNothingLeft(t, prefix) })
+	var prefix string
+	// Registered first, so it runs after the topology's own cleanup.
 	t.Cleanup(func() {
-		if err := topo.Close(); err != nil {
-			t.Errorf("close topology: %v", err)
+		if prefix != "" {
+			checkNothingLeft(t, prefix)
 		}
 	})
+	topo := support.Build(t, scenario())
+	prefix = topo.Prefix()
 	return topo
 }
 

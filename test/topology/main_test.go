@@ -1,11 +1,9 @@
 package topology
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"testing"
-	"time"
 )
 
 // support is set by TestMain: the helper binaries, or why topologies cannot be
@@ -29,22 +27,7 @@ func requireTopology(t *testing.T) {
 // build builds a scenario and closes it when the test ends.
 func build(t *testing.T, s Scenario) *Topology {
 	t.Helper()
-	requireTopology(t)
-	s.EchoBin, s.ProbeBin = support.EchoBin, support.ProbeBin
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	start := time.Now()
-	topo, err := Build(ctx, s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("topology %s built in %v", topo.Prefix(), time.Since(start).Round(time.Millisecond))
-	t.Cleanup(func() {
-		if err := topo.Close(); err != nil {
-			t.Errorf("close: %v", err)
-		}
-	})
-	return topo
+	return support.Build(t, s)
 }
 
 var testPorts = []Port{{"TCP", 80}, {"UDP", 53}}

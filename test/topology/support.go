@@ -71,3 +71,25 @@ func (s *Support) Require(t testing.TB) {
 		t.Fatalf("building the helper binaries: %v", s.BuildErr)
 	}
 }
+
+// Build requires the topology prerequisites, builds s with the helper binaries,
+// and closes the topology when the test ends.
+func (s *Support) Build(t testing.TB, sc Scenario) *Topology {
+	t.Helper()
+	s.Require(t)
+	sc.EchoBin, sc.ProbeBin = s.EchoBin, s.ProbeBin
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	topo, err := Build(ctx, sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("topology %s built in %v", topo.Prefix(), time.Since(start).Round(time.Millisecond))
+	t.Cleanup(func() {
+		if err := topo.Close(); err != nil {
+			t.Errorf("close topology %s: %v", topo.Prefix(), err)
+		}
+	})
+	return topo
+}
