@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/switchyard/switchyard/test/flow"
 	"github.com/switchyard/switchyard/test/topology"
 )
@@ -82,7 +84,7 @@ func (o Options) startKubeProxy(ctx context.Context, topo *topology.Topology, c 
 		rmErr := os.Remove(logPath)
 		return errors.Join(sigErr, waitErr, logf.Close(), stopBridge(), rmErr)
 	}
-	if err := waitSynced(ctx, topo, nodeFamilies(c)); err != nil {
+	if err := WaitSynced(ctx, topo, nodeFamilies(c), cmd); err != nil {
 		log, _ := os.ReadFile(logPath)
 		return nil, errors.Join(fmt.Errorf("kube-proxy (%s) did not sync: %w\n%s", mode, err, tail(string(log), 30)), stop())
 	}
@@ -91,8 +93,9 @@ func (o Options) startKubeProxy(ctx context.Context, topo *topology.Topology, c 
 
 var lastSync = regexp.MustCompile(`(?m)^kubeproxy_sync_proxy_rules_last_timestamp_seconds(?:{ip_family="(IPv[46])"})? ([0-9.e+]+)$`)
 
-// synced reports whether kube-proxy's metrics show a sync for every family the
-// node has: each family has its own proxier, and the second may sync later.
+// synced reports whether the metrics show a sync for every family the node has
+// (kube-proxy has a proxier per family, and the second may sync later), or, with
+// no families, any sync.
 func synced(metrics string, families []string) bool {
 	done := map[string]bool{}
 	for _, m := range lastSync.FindAllStringSubmatch(metrics, -1) {
@@ -108,7 +111,14 @@ func synced(metrics string, families []string) bool {
 			return false
 		}
 	}
-	return len(families) > 0
+	return len(families) > 0 || len(done) > 0
+}
+
+// exited reports whether cmd's process has ended, without reaping it.
+func exited(cmd *exec.Cmd) bool {
+	var info unix.Siginfo
+	err := unix.Waitid(unix.P_PID, cmd.Process.Pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+	return err == nil && info.Signo != 0
 }
 
 // nodeFamilies are the families of the node's addresses, as kube-proxy names them.
@@ -126,12 +136,16 @@ func nodeFamilies(c flow.Case) []string {
 	return out
 }
 
-// waitSynced polls kube-proxy's metrics inside the node namespace until every
-// family has synced.
-func waitSynced(ctx context.Context, topo *topology.Topology, families []string) error {
+// WaitSynced polls the proxy's metrics (kube-proxy's or Switchyard's, which
+// share the name) inside the node namespace until every family has synced; with
+// no families, until any sync. It gives up early when cmd, the proxy, exits.
+func WaitSynced(ctx context.Context, topo *topology.Topology, families []string, cmd *exec.Cmd) error {
 	deadline := time.Now().Add(60 * time.Second)
 	var last error
 	for time.Now().Before(deadline) {
+		if cmd != nil && exited(cmd) {
+			return errors.New("exited before its first sync")
+		}
 		out, err := topo.Run(ctx, topo.NodeNS(), "curl", "-s", "--max-time", "2", "http://127.0.0.1:10249/metrics")
 		if err == nil && synced(out, families) {
 			return nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,8 +15,9 @@ import (
 	"github.com/switchyard/switchyard/test/topology"
 )
 
-// switchyardArgs are the agent's flags for a case; the source flags come apart.
-func switchyardArgs(mode string, c flow.Case, topo *topology.Topology, bpfRoot string) []string {
+// AgentArgs are the Switchyard agent's flags for a case in topo; the source flags
+// come apart.
+func AgentArgs(mode string, c flow.Case, topo *topology.Topology, bpfRoot string) []string {
 	args := []string{
 		"agent", "--mode=" + mode,
 		"--hostname-override=" + c.Node.Name,
@@ -47,7 +49,7 @@ func (o Options) startSwitchyard(ctx context.Context, topo *topology.Topology, c
 		return nil, err
 	}
 	bpfRoot := "/sys/fs/bpf/" + topo.Prefix() + "-switchyard"
-	args := switchyardArgs(mode, c, topo, bpfRoot)
+	args := AgentArgs(mode, c, topo, bpfRoot)
 	stopSource := func() error { return nil }
 	if o.Source == "file" {
 		if err := objs.WriteManifests(work); err != nil {
@@ -82,9 +84,21 @@ func (o Options) startSwitchyard(ctx context.Context, topo *topology.Topology, c
 		_, cleanErr := topo.Run(context.WithoutCancel(ctx), topo.NodeNS(), o.SwitchyardBin, "cleanup", "--bpf-root="+bpfRoot)
 		return errors.Join(sigErr, waitErr, cleanErr, logf.Close(), stopSource(), os.RemoveAll(work))
 	}
-	if err := waitSynced(ctx, topo, nil); err != nil {
+	if err := WaitSynced(ctx, topo, nil, cmd); err != nil {
 		log, _ := os.ReadFile(logPath)
 		return nil, errors.Join(fmt.Errorf("switchyard (%s) did not sync: %w\n%s", mode, err, tail(string(log), 30)), stop())
 	}
 	return stop, nil
+}
+
+// AgentPkg is the Switchyard agent's package.
+const AgentPkg = "github.com/switchyard/switchyard/cmd/switchyard"
+
+// BuildAgent builds the Switchyard agent into dir (from anywhere in the module).
+func BuildAgent(ctx context.Context, dir string) (string, error) {
+	bin := filepath.Join(dir, "switchyard")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, AgentPkg).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build %s: %w\n%s", AgentPkg, err, out)
+	}
+	return bin, nil
 }

@@ -2,16 +2,14 @@ package restart
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/switchyard/switchyard/bpf"
+	"github.com/switchyard/switchyard/test/flowrun"
 	"github.com/switchyard/switchyard/test/topology"
 )
 
@@ -31,7 +29,7 @@ func TestMain(m *testing.M) {
 	support = topology.PrepareTests("root, ip, nsenter, cgroup v2, curl, bpffs and the eBPF kernel features", prerequisites)
 	if support.Unsupported == nil && support.BuildErr == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		switchyardBin, agentErr = buildAgent(ctx, support.Dir())
+		switchyardBin, agentErr = flowrun.BuildAgent(ctx, support.Dir())
 		cancel()
 	}
 	code := m.Run()
@@ -58,38 +56,5 @@ func requirePrereqs(t *testing.T) {
 	support.Require(t)
 	if agentErr != nil {
 		t.Fatalf("building the agent: %v", agentErr)
-	}
-}
-
-// buildAgent builds the agent from the module root into dir.
-func buildAgent(ctx context.Context, dir string) (string, error) {
-	root, err := moduleRoot()
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "switchyard")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/switchyard")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/switchyard: %w: %s", err, strings.TrimSpace(string(out)))
-	}
-	return bin, nil
-}
-
-// moduleRoot walks up from the working directory to the directory holding go.mod.
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod above the working directory")
-		}
-		dir = parent
 	}
 }

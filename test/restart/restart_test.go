@@ -9,9 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,6 +22,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/switchyard/switchyard/test/flow"
+	"github.com/switchyard/switchyard/test/flowrun"
 	"github.com/switchyard/switchyard/test/topology"
 )
 
@@ -221,13 +220,8 @@ func newAgents(t *testing.T, topo *topology.Topology, objs flow.Objects, extraAr
 		t.Fatal(err)
 	}
 	a := &agents{topo: topo, logDir: work, manifests: manifests, pinDir: filepath.Join(bpffs, topo.Prefix()+"-switchyard")}
-	a.args = []string{
-		"agent", "--mode=ebpf", "--source=file:" + manifests,
-		"--hostname-override=" + nodeName, "--cluster-cidr=10.0.0.0/8",
-		"--cgroup-root=" + topo.NodeCgroup(), "--bpf-root=" + a.pinDir,
-		"--healthz-bind-address=127.0.0.1:10256", "--metrics-bind-address=127.0.0.1:10249",
-		"--v=2",
-	}
+	c := flow.Case{Node: flow.Node{Name: nodeName}, Config: flow.Config{ClusterCIDR: "10.0.0.0/8"}}
+	a.args = append(flowrun.AgentArgs("ebpf", c, topo, a.pinDir), "--source=file:"+manifests)
 	a.args = append(a.args, extraArgs...)
 	// Runs before the topology's Close: stop the agent, then unpin (which detaches the programs),
 	// in the node namespace as the agent ran there.
@@ -265,7 +259,7 @@ func (a *agents) start(t *testing.T, ctx context.Context) {
 		t.Fatal(err)
 	}
 	a.cur, a.curFile = cmd, f
-	if err := waitSynced(ctx, a.topo, cmd); err != nil {
+	if err := flowrun.WaitSynced(ctx, a.topo, nil, cmd); err != nil {
 		t.Fatalf("agent #%d: %v\n%s", a.n, err, a.logTail())
 	}
 	t.Logf("agent #%d (pid %d) synced %v after its start", a.n, cmd.Process.Pid, time.Since(started).Round(time.Millisecond))
@@ -311,42 +305,6 @@ func (a *agents) logTail() string {
 		lines = lines[len(lines)-30:]
 	}
 	return strings.Join(lines, "\n")
-}
-
-var lastSync = regexp.MustCompile(`(?m)^kubeproxy_sync_proxy_rules_last_timestamp_seconds(?:\{[^}]*\})? ([0-9.e+-]+)$`)
-
-// waitSynced polls the agent's metrics inside the node namespace until it reports a sync. Only the
-// running agent listens on the port, so a sync it reports is its own.
-func waitSynced(ctx context.Context, topo *topology.Topology, cmd *exec.Cmd) error {
-	deadline := time.Now().Add(20 * time.Second)
-	var last error
-	for time.Now().Before(deadline) {
-		if exited(cmd) {
-			return errors.New("exited before its first sync")
-		}
-		out, err := topo.Run(ctx, topo.NodeNS(), "curl", "-s", "--max-time", "2", "http://127.0.0.1:10249/metrics")
-		if err == nil {
-			for _, m := range lastSync.FindAllStringSubmatch(out, -1) {
-				if v, err := strconv.ParseFloat(m[1], 64); err == nil && v > 0 {
-					return nil
-				}
-			}
-		}
-		last = err
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	return fmt.Errorf("no sync within 20s (last metrics error: %v)", last)
-}
-
-// exited reports whether cmd's process has ended, without reaping it.
-func exited(cmd *exec.Cmd) bool {
-	var info unix.Siginfo
-	err := unix.Waitid(unix.P_PID, cmd.Process.Pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
-	return err == nil && info.Signo != 0
 }
 
 // ---- the stream of new connections ----

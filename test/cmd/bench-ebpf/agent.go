@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/switchyard/switchyard/test/flow"
+	"github.com/switchyard/switchyard/test/flowrun"
 	"github.com/switchyard/switchyard/test/topology"
 )
 
@@ -38,11 +40,9 @@ func startAgent(ctx context.Context, topo *topology.Topology, bin, source, logPa
 	if a.log, err = os.Create(logPath); err != nil {
 		return nil, err
 	}
-	a.cmd = topo.CommandContext(ctx, topo.NodeNS(), bin, "agent", "--mode=ebpf",
-		"--source=file:"+source, "--hostname-override="+nodeName,
-		"--cgroup-root="+topo.NodeCgroup(), "--bpf-root="+a.pinDir,
-		"--healthz-bind-address=127.0.0.1:10256", "--metrics-bind-address=127.0.0.1:10249",
-		"--v=2") // logs every sync with its duration
+	// --v=2 (in AgentArgs) logs every sync with its duration.
+	args := append(flowrun.AgentArgs("ebpf", flow.Case{Node: flow.Node{Name: nodeName}}, topo, a.pinDir), "--source=file:"+source)
+	a.cmd = topo.CommandContext(ctx, topo.NodeNS(), bin, args...)
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
 	a.started = time.Now()
 	if err := topo.Start(a.cmd); err != nil {

@@ -25,7 +25,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -33,6 +32,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/switchyard/switchyard/test/flowrun"
 	"github.com/switchyard/switchyard/test/topology"
 )
 
@@ -123,10 +123,10 @@ func run(ctx context.Context, o options) (rep *report, err error) {
 		return nil, err
 	}
 	defer func() { err = errors.Join(err, os.RemoveAll(tmp)) }()
-	bin := filepath.Join(tmp, "switchyard")
 	fmt.Fprintln(os.Stderr, "building the agent")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/switchyard").CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("go build ./cmd/switchyard: %w\n%s", err, out)
+	bin, err := flowrun.BuildAgent(ctx, tmp)
+	if err != nil {
+		return nil, err
 	}
 	src := filepath.Join(tmp, "manifests")
 	if err := os.Mkdir(src, 0o755); err != nil {

@@ -13,7 +13,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"regexp"
@@ -111,9 +110,8 @@ func runCases(ctx context.Context, o flowrun.Options, cases []flow.Case) (*flowr
 		return nil, err
 	}
 	if strings.HasPrefix(o.Proxy, "switchyard-") {
-		o.SwitchyardBin = filepath.Join(tmp, "switchyard")
-		if out, err := exec.CommandContext(ctx, "go", "build", "-o", o.SwitchyardBin, "./cmd/switchyard").CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("building switchyard: %w\n%s", err, out)
+		if o.SwitchyardBin, err = flowrun.BuildAgent(ctx, tmp); err != nil {
+			return nil, err
 		}
 	}
 	if o.Source == "apiserver" {
