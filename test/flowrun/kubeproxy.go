@@ -36,20 +36,32 @@ func kubeProxyArgs(mode string, c flow.Case, kubeconfig string) []string {
 		"--conntrack-max-per-core=0",
 		"--v=2",
 	}
-	if c.Config.ClusterCIDR != "" {
-		args = append(args, "--cluster-cidr="+c.Config.ClusterCIDR)
-	}
-	if len(c.Config.NodePortAddresses) > 0 {
-		args = append(args, "--nodeport-addresses="+strings.Join(c.Config.NodePortAddresses, ","))
-	}
-	if c.Config.MasqueradeAll {
-		args = append(args, "--masquerade-all")
-	}
+	args = append(args, configArgs(c.Config)...)
 	if mode == "iptables" {
-		lh := c.Config.LocalhostNodePorts == nil || *c.Config.LocalhostNodePorts
-		args = append(args, "--iptables-localhost-nodeports="+strconv.FormatBool(lh))
+		args = append(args, "--iptables-localhost-nodeports="+strconv.FormatBool(localhostNodePorts(c.Config)))
 	}
 	return args
+}
+
+// configArgs are the flags of a case's config that kube-proxy and Switchyard
+// share, by name and meaning.
+func configArgs(cfg flow.Config) []string {
+	var args []string
+	if cfg.ClusterCIDR != "" {
+		args = append(args, "--cluster-cidr="+cfg.ClusterCIDR)
+	}
+	if len(cfg.NodePortAddresses) > 0 {
+		args = append(args, "--nodeport-addresses="+strings.Join(cfg.NodePortAddresses, ","))
+	}
+	if cfg.MasqueradeAll {
+		args = append(args, "--masquerade-all")
+	}
+	return args
+}
+
+// localhostNodePorts is the case's setting, kube-proxy's default (true) when unset.
+func localhostNodePorts(cfg flow.Config) bool {
+	return cfg.LocalhostNodePorts == nil || *cfg.LocalhostNodePorts
 }
 
 // startKubeProxy runs upstream kube-proxy in the node namespace (and cgroup) and

@@ -27,17 +27,8 @@ func AgentArgs(mode string, c flow.Case, topo *topology.Topology, bpfRoot string
 		"--bpf-root=" + bpfRoot,
 		"--v=2",
 	}
-	if c.Config.ClusterCIDR != "" {
-		args = append(args, "--cluster-cidr="+c.Config.ClusterCIDR)
-	}
-	if len(c.Config.NodePortAddresses) > 0 {
-		args = append(args, "--nodeport-addresses="+strings.Join(c.Config.NodePortAddresses, ","))
-	}
-	if c.Config.MasqueradeAll {
-		args = append(args, "--masquerade-all")
-	}
-	lh := c.Config.LocalhostNodePorts == nil || *c.Config.LocalhostNodePorts
-	return append(args, "--localhost-nodeports="+strconv.FormatBool(lh))
+	args = append(args, configArgs(c.Config)...)
+	return append(args, "--localhost-nodeports="+strconv.FormatBool(localhostNodePorts(c.Config)))
 }
 
 // startSwitchyard runs the Switchyard agent in the node namespace and cgroup, fed
