@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
@@ -23,21 +25,35 @@ type Config struct {
 	CgroupPath string
 	// MaxServices and MaxBackends size the maps (0: the defaults).
 	MaxServices, MaxBackends uint32
+	// Devices are the devices that face the outside (--devices, names or glob
+	// patterns); empty: those that carry a node address.
+	Devices []string
+	// TCMode says how the tc programs attach (TCX where the kernel has it).
+	TCMode TCMode
+	// ClusterCIDRs are the pod CIDRs (--cluster-cidr): pods of other nodes that
+	// reach a frontend through this node get the Pod route, as in kube-proxy.
+	ClusterCIDRs []netip.Prefix
 	// Metrics, when set, gets switchyard_bpf_map_pressure.
 	Metrics prometheus.Registerer
 }
 
 // Backend is the eBPF dataplane (--mode=ebpf): socket-level load balancing for
-// traffic that starts on the node.
+// traffic that starts on the node, tc programs for traffic from outside.
 type Backend struct {
 	cfg       Config
 	objs      *Objects
 	writer    *Writer
 	destroyer SocketDestroyer
+	nat       *natConfig
+	devices   *deviceSet
+	stop      context.CancelFunc
+	watchDone chan struct{}
 }
 
 // NewBackend loads the programs, takes over the pinned maps an earlier agent left,
 // and attaches the hooks (replacing earlier programs in place, never detaching).
+// The tc programs go on the devices of the calling thread's network namespace,
+// at the first Sync and whenever devices appear.
 func NewBackend(cfg Config) (*Backend, error) {
 	if err := MountBPFFS(bpffsOf(cfg.PinDir)); err != nil {
 		return nil, err
@@ -49,16 +65,55 @@ func NewBackend(cfg Config) (*Backend, error) {
 	if err := objs.Attach(cfg.CgroupPath); err != nil {
 		return nil, fmt.Errorf("attaching to cgroup %s: %w (and %v)", cfg.CgroupPath, err, objs.Close())
 	}
+	nat := &natConfig{snat: NewKernelMap[uint32, tcSnatAddr](objs.TC.SNATAddrs), cidrs: NewKernelMap[tcCidrKey, uint8](objs.TC.ClusterCIDRs)}
+	if err := nat.setClusterCIDRs(cfg.ClusterCIDRs); err != nil {
+		return nil, errors.Join(err, objs.Close())
+	}
+	tc, err := NewTCAttacher(cfg.PinDir, cfg.TCMode)
+	if err != nil {
+		return nil, errors.Join(err, objs.Close())
+	}
+	devices, err := newDeviceSet(tc, cfg.Devices, &objs.TC)
+	if err != nil {
+		return nil, errors.Join(err, tc.Close(), objs.Close())
+	}
 	b := &Backend{
-		cfg: cfg, objs: objs, destroyer: SocketDestroyer{Cgroup: cfg.CgroupPath},
-		writer: NewWriter(NewKernelMap[sockSvcKey, sockSvcVal](objs.Services), NewKernelMap[uint32, sockBackend](objs.Backends)),
+		cfg: cfg, objs: objs, destroyer: SocketDestroyer{Cgroup: cfg.CgroupPath}, nat: nat, devices: devices,
+		writer: NewWriter(NewKernelMap[sockSvcKey, sockSvcVal](objs.Services), NewKernelMap[uint32, sockBackend](objs.Backends),
+			NewKernelMap[tcRangeKey, uint8](objs.TC.SourceRanges)),
 	}
 	if cfg.Metrics != nil {
 		if err := cfg.Metrics.Register(b.pressure()); err != nil {
-			return nil, errors.Join(err, objs.Close())
+			return nil, errors.Join(err, b.Close())
 		}
 	}
+	if err := b.watchDevices(); err != nil {
+		return nil, errors.Join(err, b.Close())
+	}
 	return b, nil
+}
+
+// watchDevices attaches the tc programs to devices as they appear (a new pod's
+// veth), between syncs.
+func (b *Backend) watchDevices() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	b.stop, b.watchDone = cancel, make(chan struct{})
+	notify := func() {
+		if err := b.devices.sync(false); err != nil {
+			klog.ErrorS(err, "Attaching the tc programs to the node's devices")
+		}
+	}
+	errc := make(chan error, 1)
+	go func() {
+		defer close(b.watchDone)
+		errc <- WatchLinks(ctx, notify)
+	}()
+	select {
+	case err := <-errc: // it could not subscribe
+		return err
+	case <-time.After(100 * time.Millisecond):
+		return nil
+	}
 }
 
 // pressure reports how full the maps are (entries / max entries), named like
@@ -84,6 +139,13 @@ func (b *Backend) Name() string { return "ebpf" }
 
 func (b *Backend) Sync(_ context.Context, st *dataplane.State, changes *dataplane.ChangeSet) error {
 	err := b.writer.Sync(st, changes)
+	if nerr := b.nat.setNodeIPs(st.Node.IPs, changes == nil); nerr != nil {
+		err = errors.Join(err, nerr)
+	}
+	b.devices.setNodeIPs(st.Node.IPs)
+	if derr := b.devices.sync(changes == nil); derr != nil {
+		err = errors.Join(err, derr)
+	}
 	// Clients keep sending into a removed backend otherwise; a failure here is
 	// logged, not the sync's: the backend is gone whatever happens to the sockets.
 	if gone := b.writer.TakeRemovedUDP(); len(gone) > 0 {
@@ -95,10 +157,18 @@ func (b *Backend) Sync(_ context.Context, st *dataplane.State, changes *dataplan
 }
 
 // Cleanup removes the pins, which detaches the programs and frees the maps.
-func (b *Backend) Cleanup(context.Context) error { return Unpin(b.cfg.PinDir) }
+func (b *Backend) Cleanup(context.Context) error {
+	return errors.Join(runInNetns(b.devices.ns, func() error { return UnpinTC(b.cfg.PinDir) }), Unpin(b.cfg.PinDir))
+}
 
 // Close releases this process's handles; the pins keep everything in place.
-func (b *Backend) Close() error { return b.objs.Close() }
+func (b *Backend) Close() error {
+	if b.stop != nil {
+		b.stop()
+		<-b.watchDone
+	}
+	return errors.Join(b.devices.close(), b.objs.Close())
+}
 
 // bpffsOf is the bpffs mount that holds pinDir.
 func bpffsOf(pinDir string) string {

@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -21,11 +22,17 @@ func TestBackendWritesKernelMaps(t *testing.T) {
 	defer cancel()
 	pinDir := filepath.Join(bpffs, topo.Prefix()+"-be")
 	reg := prometheus.NewRegistry()
-	b, err := NewBackend(Config{PinDir: pinDir, CgroupPath: topo.NodeCgroup(), MaxServices: 64, MaxBackends: 64, Metrics: reg})
+	var b *Backend
+	// In the node's namespace: the backend puts its tc programs on the devices of
+	// the namespace it starts in.
+	err := inNetns(topo.NodeNS(), func() (err error) {
+		b, err = NewBackend(Config{PinDir: pinDir, CgroupPath: topo.NodeCgroup(), MaxServices: 64, MaxBackends: 64, Metrics: reg})
+		return err
+	})
 	t.Cleanup(func() {
 		if b != nil {
-			if err := b.Close(); err != nil {
-				t.Errorf("close: %v", err)
+			if err := errors.Join(b.Cleanup(ctx), b.Close()); err != nil {
+				t.Errorf("cleanup: %v", err)
 			}
 		}
 		if err := Unpin(pinDir); err != nil {
@@ -44,12 +51,13 @@ func TestBackendWritesKernelMaps(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantEndpoints(t, "a service the writer programmed", endpoints(t, "writer", res), pod1TCP, pod2TCP)
-	// services: 2 service entries, 2 slots, 2 cluster IP address entries = 6 of 64.
+	// services: 2 service entries, 2 slots, 2 cluster IP address entries, each
+	// for the socket and the outside scope = 12 of 64.
 	want := `
 # HELP switchyard_bpf_map_pressure Fill ratio of a BPF map (entries / max entries)
 # TYPE switchyard_bpf_map_pressure gauge
 switchyard_bpf_map_pressure{map_name="backends"} 0.03125
-switchyard_bpf_map_pressure{map_name="services"} 0.09375
+switchyard_bpf_map_pressure{map_name="services"} 0.1875
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "switchyard_bpf_map_pressure"); err != nil {
 		t.Error(err)

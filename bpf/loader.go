@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/cilium/ebpf"
 )
@@ -15,6 +16,7 @@ import (
 // The generated sock_bpfel.go and sock_bpfel.o are committed, so building needs no clang.
 // `make generate` (bpf/prereqs.sh first) rebuilds them.
 //go:generate go tool bpf2go -cc clang-14 -strip llvm-strip-14 -target bpfel -cflags "-O2 -g -Wall -Werror" -type svc_key -type svc_val -type backend -type revnat_key -type revnat_val -type affinity_key -type affinity_val sock sock.c -- -I/usr/include/x86_64-linux-gnu
+//go:generate go tool bpf2go -cc clang-14 -strip llvm-strip-14 -target bpfel -cflags "-O2 -g -Wall -Werror" -type ct_key -type ct_val -type client_affinity_key -type range_key -type cidr_key -type snat_addr tc tc.c -- -I/usr/include/x86_64-linux-gnu
 
 // Default map sizes (max_entries), also the ones compiled into sock.c.
 const (
@@ -22,13 +24,21 @@ const (
 	DefaultMaxBackends = 262144
 )
 
-// Map names in sock.c, also their pin file names.
+// Map names in sock.c and tc.c, also their pin file names.
 const (
-	mapServices = "services"
-	mapBackends = "backends"
-	mapRevNAT   = "revnat"
-	mapAffinity = "affinity"
+	mapServices       = "services"
+	mapBackends       = "backends"
+	mapRevNAT         = "revnat"
+	mapAffinity       = "affinity"
+	mapCT             = "ct"
+	mapClientAffinity = "client_affinity"
+	mapSourceRanges   = "source_ranges"
+	mapClusterCIDRs   = "cluster_cidrs"
+	mapSNATAddrs      = "snat_addrs"
 )
+
+var mapNames = []string{mapServices, mapBackends, mapRevNAT, mapAffinity,
+	mapCT, mapClientAffinity, mapSourceRanges, mapClusterCIDRs, mapSNATAddrs}
 
 // LoadOptions configure Load.
 type LoadOptions struct {
@@ -48,9 +58,34 @@ type Objects struct {
 	RevNAT   *ebpf.Map // sockRevnatKey -> sockRevnatVal (LRU)
 	Affinity *ebpf.Map // sockAffinityKey -> sockAffinityVal (LRU)
 
+	// The tc programs (tc.c) and the maps only they use; services and backends
+	// are the socket programs' maps.
+	TC tcOwn
+
 	pinDir string
 	objs   sockObjects
 	links  []attached
+}
+
+// tcOwn is what Load takes from tc.c.
+type tcOwn struct {
+	ExtIngress     *ebpf.Program `ebpf:"ext_ingress"`
+	ExtEgress      *ebpf.Program `ebpf:"ext_egress"`
+	PodIngress     *ebpf.Program `ebpf:"pod_ingress"`
+	CT             *ebpf.Map     `ebpf:"ct"`              // tcCtKey -> tcCtVal (LRU)
+	ClientAffinity *ebpf.Map     `ebpf:"client_affinity"` // tcClientAffinityKey -> tcAffinityVal (LRU)
+	SourceRanges   *ebpf.Map     `ebpf:"source_ranges"`   // tcRangeKey -> uint8 (LPM)
+	ClusterCIDRs   *ebpf.Map     `ebpf:"cluster_cidrs"`   // tcCidrKey -> uint8 (LPM)
+	SNATAddrs      *ebpf.Map     `ebpf:"snat_addrs"`      // 0: IPv4, 1: IPv6 -> tcSnatAddr
+}
+
+func (t *tcOwn) close() error {
+	var errs []error
+	for _, c := range []interface{ Close() error }{t.ExtIngress, t.ExtEgress, t.PodIngress,
+		t.CT, t.ClientAffinity, t.SourceRanges, t.ClusterCIDRs, t.SNATAddrs} {
+		errs = append(errs, c.Close()) // nil-safe: Load may have failed half-way
+	}
+	return errors.Join(errs...)
 }
 
 // Load loads the programs and creates the maps, or opens the pinned ones in opts.PinDir.
@@ -59,10 +94,15 @@ func Load(opts LoadOptions) (*Objects, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bpf: parse the embedded object: %w", err)
 	}
+	tcSpec, err := loadTc()
+	if err != nil {
+		return nil, fmt.Errorf("bpf: parse the embedded tc object: %w", err)
+	}
 	sizes := map[string]uint32{mapServices: opts.MaxServices, mapBackends: opts.MaxBackends}
 	for name, n := range sizes {
 		if n > 0 {
 			spec.Maps[name].MaxEntries = n
+			tcSpec.Maps[name].MaxEntries = n // a replacement must match its spec
 		}
 	}
 	var co ebpf.CollectionOptions
@@ -73,23 +113,35 @@ func Load(opts LoadOptions) (*Objects, error) {
 		for _, m := range spec.Maps {
 			m.Pinning = ebpf.PinByName
 		}
+		for _, m := range tcSpec.Maps {
+			m.Pinning = ebpf.PinByName
+		}
 		co.Maps.PinPath = opts.PinDir
 	}
 	o := &Objects{pinDir: opts.PinDir}
 	if err := spec.LoadAndAssign(&o.objs, &co); err != nil {
-		var verr *ebpf.VerifierError
-		if errors.As(err, &verr) {
-			return nil, fmt.Errorf("bpf: load: %+v", verr) // the whole verifier log
-		}
-		if errors.Is(err, ebpf.ErrMapIncompatible) {
-			return nil, fmt.Errorf("bpf: a map pinned in %s differs from this build's (size flags changed?); "+
-				"`switchyard cleanup` removes it: %w", opts.PinDir, err)
-		}
-		return nil, fmt.Errorf("bpf: load: %w", err)
+		return nil, loadError(err, opts.PinDir)
 	}
 	o.Services, o.Backends = o.objs.Services, o.objs.Backends
 	o.RevNAT, o.Affinity = o.objs.Revnat, o.objs.Affinity
+	// The tc programs share the socket programs' services and backends maps.
+	co.MapReplacements = map[string]*ebpf.Map{mapServices: o.Services, mapBackends: o.Backends}
+	if err := tcSpec.LoadAndAssign(&o.TC, &co); err != nil {
+		return nil, errors.Join(loadError(err, opts.PinDir), o.objs.Close())
+	}
 	return o, nil
+}
+
+func loadError(err error, pinDir string) error {
+	var verr *ebpf.VerifierError
+	if errors.As(err, &verr) {
+		return fmt.Errorf("bpf: load: %+v", verr) // the whole verifier log
+	}
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		return fmt.Errorf("bpf: a map pinned in %s differs from this build's (size flags changed?); "+
+			"`switchyard cleanup` removes it: %w", pinDir, err)
+	}
+	return fmt.Errorf("bpf: load: %w", err)
 }
 
 // Close closes every file descriptor. Pinned maps and links stay, and with them the attachment.
@@ -99,7 +151,7 @@ func (o *Objects) Close() error {
 		errs = append(errs, l.link.Close())
 	}
 	o.links = nil
-	errs = append(errs, o.objs.Close())
+	errs = append(errs, o.TC.close(), o.objs.Close())
 	return errors.Join(errs...)
 }
 
@@ -108,7 +160,7 @@ func (o *Objects) Close() error {
 // are not an error, so Unpin also finishes a half-done cleanup.
 func Unpin(pinDir string) error {
 	var errs []error
-	names := []string{mapServices, mapBackends, mapRevNAT, mapAffinity}
+	names := slices.Clone(mapNames)
 	for _, h := range hooks {
 		names = append(names, linkPinName(h.name))
 	}

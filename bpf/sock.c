@@ -11,51 +11,8 @@
  * Every address is 16 bytes; IPv4 is IPv4-mapped (::ffff:a.b.c.d). That lets the IPv4 and IPv6
  * hooks share one code path, and makes IPv4 services work from dual-stack (AF_INET6) sockets too:
  * their IPv4 traffic reaches the *6 hooks with mapped addresses.
- *
- * Plain structs only (no vmlinux.h, no CO-RE): see shared/PITFALLS.md.
  */
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_endian.h>
-
-#define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
-#define ETIMEDOUT 110
-#define ECONNREFUSED 111
-
-#define SVC_F_REJECT 1
-#define SVC_F_DROP 2
-
-#define SCOPE_SOCKET 0 /* traffic that starts on the node */
-
-#define NSEC_PER_SEC 1000000000ULL
-
-/* The map layouts are the contract with the Go writer (bpf/writer.go): keep them in sync. */
-
-struct svc_key {
-	__u8 addr[16]; /* frontend address */
-	__u16 port;    /* network byte order */
-	__u8 proto;
-	__u8 scope;
-	__u16 slot; /* 0: the service entry; 1..count: backend slots */
-	__u16 pad;
-};
-
-struct svc_val {
-	__u32 backend_id; /* slot > 0 */
-	__u32 svc_id;     /* slot 0 */
-	__u16 count;      /* slot 0 */
-	__u8 flags;       /* slot 0 */
-	__u8 pad;
-	__u32 affinity_timeout; /* slot 0, seconds; 0 = no affinity */
-};
-
-struct backend {
-	__u8 addr[16];
-	__u16 port; /* network byte order */
-	__u8 proto;
-	__u8 flags;
-};
+#include "lb.h"
 
 struct revnat_key {
 	__u64 cookie; /* socket cookie */
@@ -72,32 +29,12 @@ struct revnat_val {
 	__u32 pad2;
 };
 
+/* ClientIP affinity of sockets: the client is its network namespace (a pod). */
 struct affinity_key {
 	__u64 netns_cookie;
 	__u32 svc_id;
 	__u32 pad;
 };
-
-struct affinity_val {
-	__u32 backend_id;
-	__u32 pad;
-	__u64 last_used_ns;
-};
-
-/* Sizes are defaults: the loader overrides max_entries. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 262144);
-	__type(key, struct svc_key);
-	__type(value, struct svc_val);
-} services SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 262144);
-	__type(key, __u32);
-	__type(value, struct backend);
-} backends SEC(".maps");
 
 /* LRU: entries are never deleted by anyone; sockets that went away age out. */
 struct {
@@ -132,16 +69,6 @@ static __always_inline void get_addr6(const struct bpf_sock_addr *ctx, __u8 addr
 	__builtin_memcpy(addr, a, 16);
 }
 
-static __always_inline int is_v4_mapped(const __u8 addr[16])
-{
-	__u64 lo;
-	__u32 mid;
-
-	__builtin_memcpy(&lo, addr, 8);
-	__builtin_memcpy(&mid, addr + 8, 4);
-	return lo == 0 && mid == bpf_htonl(0x0000ffff);
-}
-
 /* Returns 0 when the address cannot be expressed in an AF_INET socket. */
 static __always_inline int set_addr4(struct bpf_sock_addr *ctx, const __u8 addr[16], __u16 port)
 {
@@ -155,17 +82,6 @@ static __always_inline int set_addr4(struct bpf_sock_addr *ctx, const __u8 addr[
 	return 1;
 }
 
-static __always_inline int addr_eq(const __u8 a[16], const __u8 b[16])
-{
-	__u64 a0, a1, b0, b1;
-
-	__builtin_memcpy(&a0, a, 8);
-	__builtin_memcpy(&a1, a + 8, 8);
-	__builtin_memcpy(&b0, b, 8);
-	__builtin_memcpy(&b1, b + 8, 8);
-	return a0 == b0 && a1 == b1;
-}
-
 static __always_inline int set_addr6(struct bpf_sock_addr *ctx, const __u8 addr[16], __u16 port)
 {
 	__u32 a[4];
@@ -176,88 +92,6 @@ static __always_inline int set_addr6(struct bpf_sock_addr *ctx, const __u8 addr[
 	ctx->user_ip6[2] = a[2];
 	ctx->user_ip6[3] = a[3];
 	ctx->user_port = port;
-	return 1;
-}
-
-/* ---- backend selection ---- */
-
-struct slot_scan {
-	struct svc_key key;
-	__u32 backend_id;
-	int found;
-};
-
-static long scan_slot(__u32 i, void *data)
-{
-	struct slot_scan *s = data;
-	struct svc_val *v;
-
-	s->key.slot = i + 1;
-	v = bpf_map_lookup_elem(&services, &s->key);
-	if (v && v->backend_id == s->backend_id) {
-		s->found = 1;
-		return 1; /* stop */
-	}
-	return 0;
-}
-
-/*
- * An affinity entry outlives the backend it names when the service's endpoints change: it only
- * counts while that backend still fills one of the slots. bpf_loop keeps the verifier's cost
- * independent of the backend count.
- */
-static __always_inline int in_slots(const struct svc_key *svc, __u16 count, __u32 backend_id)
-{
-	struct slot_scan s = {.key = *svc, .backend_id = backend_id};
-
-	bpf_loop(count, scan_slot, &s, 0);
-	return s.found;
-}
-
-static __always_inline int random_slot(struct svc_key *key, __u16 count, __u32 *backend_id)
-{
-	struct svc_val *slot;
-
-	key->slot = bpf_get_prandom_u32() % count + 1;
-	slot = bpf_map_lookup_elem(&services, key);
-	key->slot = 0;
-	if (!slot)
-		return 0;
-	*backend_id = slot->backend_id;
-	return 1;
-}
-
-/*
- * ClientIP affinity, with the client's network namespace as its identity: every socket of a pod
- * sticks to one backend, like kube-proxy's per-source-IP "recent" match. Each use refreshes the
- * entry, as kube-proxy's --set does.
- */
-static __always_inline int pick_backend(struct bpf_sock_addr *ctx, struct svc_key *key,
-					const struct svc_val *svc, __u32 *backend_id)
-{
-	struct affinity_key ak = {};
-	struct affinity_val av = {};
-	struct affinity_val *cur;
-	__u64 now;
-
-	if (!svc->affinity_timeout)
-		return random_slot(key, svc->count, backend_id);
-
-	ak.netns_cookie = bpf_get_netns_cookie(ctx);
-	ak.svc_id = svc->svc_id;
-	now = bpf_ktime_get_ns();
-	cur = bpf_map_lookup_elem(&affinity, &ak);
-	if (cur && (__s64)(now - cur->last_used_ns) < (__s64)svc->affinity_timeout * (__s64)NSEC_PER_SEC &&
-	    in_slots(key, svc->count, cur->backend_id)) {
-		*backend_id = cur->backend_id;
-		cur->last_used_ns = now;
-		return 1;
-	}
-	if (!random_slot(key, svc->count, backend_id))
-		return 0;
-	av.backend_id = *backend_id;
-	av.last_used_ns = now;
-	bpf_map_update_elem(&affinity, &ak, &av, BPF_ANY);
 	return 1;
 }
 
@@ -294,6 +128,7 @@ static __always_inline int fail(int err)
  */
 static __always_inline int translate(struct bpf_sock_addr *ctx, int v6)
 {
+	struct affinity_key ak = {};
 	struct svc_key key = {};
 	struct svc_val *svc;
 	struct backend *be;
@@ -333,7 +168,9 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, int v6)
 	/* No flag and no backend is a writer caught mid-way or a bug: refuse like kube-proxy's REJECT. */
 	if (!svc->count)
 		return fail(ECONNREFUSED);
-	if (!pick_backend(ctx, &key, svc, &backend_id))
+	ak.netns_cookie = bpf_get_netns_cookie(ctx);
+	ak.svc_id = svc->svc_id;
+	if (!pick_backend(&affinity, &ak, &key, svc, &backend_id))
 		return fail(ECONNREFUSED);
 	be = bpf_map_lookup_elem(&backends, &backend_id);
 	if (!be)

@@ -13,14 +13,41 @@ import (
 	"github.com/switchyard/switchyard/dataplane"
 )
 
-// Service entry flags (svc_val.flags), as in sock.c.
+// Service entry flags (svc_val.flags), as in lb.h.
 const (
 	svcFlagReject = 1
 	svcFlagDrop   = 2
+	svcFlagMasq   = 4
+	svcFlagRanges = 8
 )
 
-// scopeSocket is svc_key.scope for traffic that starts on the node.
-const scopeSocket = 0
+// svc_key.scope: which route of a frontend an entry holds.
+const (
+	scopeSocket  = 0 // the Pod route: socket LB, and pods of other nodes through tc
+	scopeOutside = 1 // the Outside route: tc, for clients outside the node
+)
+
+var scopes = [...]uint8{scopeSocket, scopeOutside}
+
+// route is the frontend's route a scope's entries hold.
+func route(f *dataplane.FrontendState, scope uint8) *dataplane.Route {
+	if scope == scopeOutside {
+		return &f.Outside
+	}
+	return &f.Pod
+}
+
+// scoped is one scope's entries of a frontend (or, with port 0, of an address).
+type scoped struct {
+	dataplane.FrontendKey
+	scope uint8
+}
+
+// rangeKey is one loadBalancerSourceRanges entry of a service port.
+type rangeKey struct {
+	svcID  uint32
+	prefix netip.Prefix
+}
 
 // Writer programs the socket-LB maps from the desired state. It keeps a cache of
 // what the kernel holds, changed only after a write succeeded, and writes every
@@ -29,8 +56,9 @@ const scopeSocket = 0
 type Writer struct {
 	services Map[sockSvcKey, sockSvcVal]
 	backends Map[uint32, sockBackend]
+	ranges   Map[tcRangeKey, uint8]
 
-	frontends map[dataplane.FrontendKey]*programmed
+	frontends map[scoped]*programmed
 	ids       map[sockBackend]uint32 // backend -> stable id
 	byID      map[uint32]sockBackend // every backend id in the kernel (duplicates found there too)
 	refs      map[uint32]int         // backend id -> slots using it
@@ -43,10 +71,15 @@ type Writer struct {
 	// cip counts the cluster IP frontends per address; addrs are the address-only
 	// entries in the kernel, which refuse the ports a cluster IP does not serve.
 	cip       map[netip.Addr]int
-	addrs     map[netip.Addr]bool
+	addrs     map[scoped]bool
 	nextID    uint32
 	nextSvcID uint32
 	slotCount int // slots in w.frontends, for the map pressure
+	// Source ranges: how many frontends use each, which the kernel holds, and
+	// those that may have lost their last user.
+	rangeRefs   map[rangeKey]int
+	rangesIn    map[rangeKey]bool
+	rangesStale map[rangeKey]bool
 	// removedUDP are UDP backends deleted since TakeRemovedUDP: sockets still
 	// connected to them are to be destroyed.
 	removedUDP []netip.AddrPort
@@ -60,17 +93,19 @@ type Writer struct {
 type programmed struct {
 	head      sockSvcVal
 	slots     []uint32 // backend ids of slots 1..len
-	clusterIP bool     // counted in Writer.cip
+	clusterIP bool     // counted in Writer.cip (scope socket only)
+	ranges    []rangeKey
 }
 
-// NewWriter returns a writer over the services and backends maps.
-func NewWriter(services Map[sockSvcKey, sockSvcVal], backends Map[uint32, sockBackend]) *Writer {
+// NewWriter returns a writer over the services, backends and source ranges maps.
+func NewWriter(services Map[sockSvcKey, sockSvcVal], backends Map[uint32, sockBackend], ranges Map[tcRangeKey, uint8]) *Writer {
 	return &Writer{
-		services: services, backends: backends,
-		frontends: map[dataplane.FrontendKey]*programmed{},
+		services: services, backends: backends, ranges: ranges,
+		frontends: map[scoped]*programmed{},
 		ids:       map[sockBackend]uint32{}, byID: map[uint32]sockBackend{}, refs: map[uint32]int{}, unused: map[uint32]bool{},
 		svcIDs: map[dataplane.ServicePort]uint32{}, nextID: 1, nextSvcID: 1,
-		cip: map[netip.Addr]int{}, addrs: map[netip.Addr]bool{},
+		cip: map[netip.Addr]int{}, addrs: map[scoped]bool{},
+		rangeRefs: map[rangeKey]int{}, rangesIn: map[rangeKey]bool{}, rangesStale: map[rangeKey]bool{},
 	}
 }
 
@@ -87,9 +122,11 @@ func (w *Writer) Sync(st *dataplane.State, changes *dataplane.ChangeSet) error {
 		for k := range st.Frontends {
 			keys = append(keys, k)
 		}
+		gone := map[dataplane.FrontendKey]bool{}
 		for k := range w.frontends {
-			if st.Frontends[k] == nil {
-				keys = append(keys, k)
+			if st.Frontends[k.FrontendKey] == nil && !gone[k.FrontendKey] {
+				gone[k.FrontendKey] = true
+				keys = append(keys, k.FrontendKey)
 			}
 		}
 	} else {
@@ -115,7 +152,7 @@ func (w *Writer) Sync(st *dataplane.State, changes *dataplane.ChangeSet) error {
 			errs = append(errs, err)
 		}
 	}
-	errs = append(errs, w.syncAddrs(keys), w.releaseUnused())
+	errs = append(errs, w.syncAddrs(keys), w.releaseUnused(), w.releaseRanges())
 	w.serviceEntries.Store(int64(len(w.frontends) + w.slotCount + len(w.addrs)))
 	w.backendEntries.Store(int64(len(w.byID)))
 	if err := errors.Join(errs...); err != nil {
@@ -153,34 +190,41 @@ func (w *Writer) syncAddrs(keys []dataplane.FrontendKey) error {
 	}
 	if w.allAddrs {
 		for a := range w.addrs {
-			todo[a] = true
+			todo[a.Addr] = true
 		}
 		w.allAddrs = false
 	}
 	var errs []error
 	for a := range todo {
-		want := w.cip[a] > 0
-		if want == w.addrs[a] {
-			continue
-		}
-		k := sockSvcKey{Addr: addr16(a), Scope: scopeSocket}
-		var err error
-		if want {
-			err = w.services.Put(k, sockSvcVal{Flags: svcFlagReject})
-		} else {
-			err = w.services.Delete(k)
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("cluster IP %s: %w", a, err))
-			continue
-		}
-		if want {
-			w.addrs[a] = true
-		} else {
-			delete(w.addrs, a)
+		for _, scope := range scopes {
+			errs = append(errs, w.syncAddr(a, scope))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func (w *Writer) syncAddr(a netip.Addr, scope uint8) error {
+	sk := scoped{dataplane.FrontendKey{Addr: a}, scope}
+	want := w.cip[a] > 0
+	if want == w.addrs[sk] {
+		return nil
+	}
+	k := sockSvcKey{Addr: addr16(a), Scope: scope}
+	var err error
+	if want {
+		err = w.services.Put(k, sockSvcVal{Flags: svcFlagReject})
+	} else {
+		err = w.services.Delete(k)
+	}
+	if err != nil {
+		return fmt.Errorf("cluster IP %s: %w", a, err)
+	}
+	if want {
+		w.addrs[sk] = true
+	} else {
+		delete(w.addrs, sk)
+	}
+	return nil
 }
 
 func (w *Writer) countClusterIP(k dataplane.FrontendKey, cur *programmed, is bool) {
@@ -195,51 +239,83 @@ func (w *Writer) countClusterIP(k dataplane.FrontendKey, cur *programmed, is boo
 	}
 }
 
-// put programs one frontend with the route of traffic that starts on the node.
+// put programs both routes of one frontend.
 func (w *Writer) put(f *dataplane.FrontendState) error {
-	fail := func(err error) error { return fmt.Errorf("%s (%s): %w", f.FrontendKey, f.Service, err) }
-	route := f.Pod
-	if len(route.Backends) > math.MaxUint16 {
-		return fail(fmt.Errorf("%d backends, at most %d: %w", len(route.Backends), math.MaxUint16, errTooManyBackends))
+	for _, scope := range scopes {
+		if err := w.putRoute(f, scope); err != nil {
+			return fmt.Errorf("%s (%s): %w", f.FrontendKey, f.Service, err)
+		}
+	}
+	return nil
+}
+
+// putRoute programs one scope's entries: backends, slots, source ranges, the
+// service entry, then stale slots.
+func (w *Writer) putRoute(f *dataplane.FrontendState, scope uint8) error {
+	r := route(f, scope)
+	if len(r.Backends) > math.MaxUint16 {
+		return fmt.Errorf("%d backends, at most %d: %w", len(r.Backends), math.MaxUint16, errTooManyBackends)
 	}
 	proto, err := protoNumber(f.Protocol)
 	if err != nil {
-		return fail(err)
+		return err
 	}
-	ids := make([]uint32, len(route.Backends))
-	for i, b := range route.Backends {
+	ids := make([]uint32, len(r.Backends))
+	for i, b := range r.Backends {
 		if ids[i], err = w.backendID(b, proto); err != nil {
-			return fail(err)
+			return err
 		}
 	}
-	cur := w.frontends[f.FrontendKey]
+	sk := scoped{f.FrontendKey, scope}
+	cur := w.frontends[sk]
 	if cur == nil {
 		cur = &programmed{}
-		w.frontends[f.FrontendKey] = cur
+		w.frontends[sk] = cur
 	}
 	for i, id := range ids {
 		if i < len(cur.slots) && cur.slots[i] == id {
 			continue
 		}
-		if err := w.services.Put(slotKey(f.FrontendKey, proto, i+1), sockSvcVal{BackendId: id}); err != nil {
-			return fail(err)
+		if err := w.services.Put(slotKey(sk, proto, i+1), sockSvcVal{BackendId: id}); err != nil {
+			return err
 		}
 		w.setSlot(cur, i, id)
 	}
 	head := sockSvcVal{SvcId: w.svcID(f.Service, cur.head.SvcId), Count: uint16(len(ids)),
-		Flags: flags(route.Verdict), AffinityTimeout: uint32(f.Affinity.Seconds())}
+		Flags: flags(r), AffinityTimeout: uint32(f.Affinity.Seconds())}
+	var ranges []rangeKey
+	if scope == scopeOutside && r.Verdict == dataplane.Forward && len(f.SourceRanges) > 0 {
+		head.Flags |= svcFlagRanges
+		if ranges, err = w.putRanges(head.SvcId, f.SourceRanges); err != nil {
+			return err
+		}
+	}
 	if head != cur.head {
-		if err := w.services.Put(slotKey(f.FrontendKey, proto, 0), head); err != nil {
-			return fail(err)
+		if err := w.services.Put(slotKey(sk, proto, 0), head); err != nil {
+			return err
 		}
 		cur.head = head
 	}
-	w.countClusterIP(f.FrontendKey, cur, f.Type == dataplane.ClusterIP)
-	return w.trimSlots(f.FrontendKey, proto, cur, len(ids))
+	w.setRanges(cur, ranges)
+	if scope == scopeSocket {
+		w.countClusterIP(f.FrontendKey, cur, f.Type == dataplane.ClusterIP)
+	}
+	return w.trimSlots(sk, proto, cur, len(ids))
 }
 
-// remove deletes a frontend: its entry first, so lookups miss, then its slots.
+// remove deletes a frontend's entries in every scope.
 func (w *Writer) remove(k dataplane.FrontendKey) error {
+	for _, scope := range scopes {
+		if err := w.removeScope(scoped{k, scope}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// removeScope deletes one scope's entries: its service entry first, so lookups
+// miss, then its slots.
+func (w *Writer) removeScope(k scoped) error {
 	cur := w.frontends[k]
 	if cur == nil {
 		return nil
@@ -249,10 +325,13 @@ func (w *Writer) remove(k dataplane.FrontendKey) error {
 		return err
 	}
 	if err := w.services.Delete(slotKey(k, proto, 0)); err != nil {
-		return fmt.Errorf("%s: %w", k, err)
+		return fmt.Errorf("%s: %w", k.FrontendKey, err)
 	}
 	cur.head = sockSvcVal{}
-	w.countClusterIP(k, cur, false)
+	w.setRanges(cur, nil)
+	if k.scope == scopeSocket {
+		w.countClusterIP(k.FrontendKey, cur, false)
+	}
 	if err := w.trimSlots(k, proto, cur, 0); err != nil {
 		return err
 	}
@@ -261,11 +340,11 @@ func (w *Writer) remove(k dataplane.FrontendKey) error {
 }
 
 // trimSlots deletes the slots past n, last first.
-func (w *Writer) trimSlots(k dataplane.FrontendKey, proto uint8, cur *programmed, n int) error {
+func (w *Writer) trimSlots(k scoped, proto uint8, cur *programmed, n int) error {
 	for len(cur.slots) > n {
 		i := len(cur.slots) - 1
 		if err := w.services.Delete(slotKey(k, proto, i+1)); err != nil {
-			return fmt.Errorf("%s: %w", k, err)
+			return fmt.Errorf("%s: %w", k.FrontendKey, err)
 		}
 		w.release(cur.slots[i])
 		cur.slots = cur.slots[:i]
@@ -374,8 +453,11 @@ func (w *Writer) readKernel() error {
 		return err
 	}
 	w.ids, w.byID, w.refs = map[sockBackend]uint32{}, map[uint32]sockBackend{}, map[uint32]int{}
-	w.frontends, w.unused = map[dataplane.FrontendKey]*programmed{}, map[uint32]bool{}
-	w.cip, w.addrs, w.allAddrs = map[netip.Addr]int{}, map[netip.Addr]bool{}, true
+	w.frontends, w.unused = map[scoped]*programmed{}, map[uint32]bool{}
+	w.cip, w.addrs, w.allAddrs = map[netip.Addr]int{}, map[scoped]bool{}, true
+	if err := w.readRanges(); err != nil {
+		return err
+	}
 	w.slotCount = 0
 	w.nextID = 1
 	for _, id := range slices.Sorted(maps.Keys(bes)) {
@@ -387,21 +469,22 @@ func (w *Writer) readKernel() error {
 		w.nextID = max(w.nextID, id+1)
 	}
 	for k, v := range svcs {
-		if k.Scope != scopeSocket {
+		if k.Scope != scopeSocket && k.Scope != scopeOutside {
 			continue
 		}
 		if k.Port == 0 && k.Proto == 0 {
-			w.addrs[netip.AddrFrom16(k.Addr).Unmap()] = true
+			w.addrs[scoped{dataplane.FrontendKey{Addr: netip.AddrFrom16(k.Addr).Unmap()}, k.Scope}] = true
 			continue
 		}
 		fk, ok := frontendKey(k)
 		if !ok {
 			continue
 		}
-		cur := w.frontends[fk]
+		sk := scoped{fk, k.Scope}
+		cur := w.frontends[sk]
 		if cur == nil {
 			cur = &programmed{}
-			w.frontends[fk] = cur
+			w.frontends[sk] = cur
 		}
 		if k.Slot == 0 {
 			cur.head = v
@@ -420,8 +503,8 @@ func (w *Writer) readKernel() error {
 	return nil
 }
 
-func slotKey(k dataplane.FrontendKey, proto uint8, slot int) sockSvcKey {
-	return sockSvcKey{Addr: addr16(k.Addr), Port: htons(k.Port), Proto: proto, Scope: scopeSocket, Slot: uint16(slot)}
+func slotKey(k scoped, proto uint8, slot int) sockSvcKey {
+	return sockSvcKey{Addr: addr16(k.Addr), Port: htons(k.Port), Proto: proto, Scope: k.scope, Slot: uint16(slot)}
 }
 
 func frontendKey(k sockSvcKey) (dataplane.FrontendKey, bool) {
@@ -429,12 +512,15 @@ func frontendKey(k sockSvcKey) (dataplane.FrontendKey, bool) {
 	return dataplane.FrontendKey{Addr: netip.AddrFrom16(k.Addr).Unmap(), Port: ntohs(k.Port), Protocol: proto}, ok
 }
 
-func flags(v dataplane.Verdict) uint8 {
-	switch v {
+func flags(r *dataplane.Route) uint8 {
+	switch r.Verdict {
 	case dataplane.Reject:
 		return svcFlagReject
 	case dataplane.Drop:
 		return svcFlagDrop
+	}
+	if r.Masquerade {
+		return svcFlagMasq
 	}
 	return 0
 }

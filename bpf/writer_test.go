@@ -16,13 +16,23 @@ import (
 type fakes struct {
 	svc *FakeMap[sockSvcKey, sockSvcVal]
 	be  *FakeMap[uint32, sockBackend]
+	rng *FakeMap[tcRangeKey, uint8]
 	ops []string // every write, in order
 }
 
 func newFakes(maxBackends int) *fakes {
-	f := &fakes{svc: NewFakeMap[sockSvcKey, sockSvcVal](1 << 20), be: NewFakeMap[uint32, sockBackend](maxBackends)}
+	f := &fakes{svc: NewFakeMap[sockSvcKey, sockSvcVal](1 << 20), be: NewFakeMap[uint32, sockBackend](maxBackends),
+		rng: NewFakeMap[tcRangeKey, uint8](1 << 10)}
 	f.svc.Fail = func(op string, k sockSvcKey) error {
-		f.ops = append(f.ops, fmt.Sprintf("svc %s slot %d", op, k.Slot))
+		op = fmt.Sprintf("svc %s slot %d", op, k.Slot)
+		if k.Scope == scopeOutside {
+			op += " outside"
+		}
+		f.ops = append(f.ops, op)
+		return nil
+	}
+	f.rng.Fail = func(op string, _ tcRangeKey) error {
+		f.ops = append(f.ops, "range "+op)
 		return nil
 	}
 	f.be.Fail = func(op string, id uint32) error {
@@ -32,17 +42,24 @@ func newFakes(maxBackends int) *fakes {
 	return f
 }
 
-func (f *fakes) writer() *Writer { return NewWriter(f.svc, f.be) }
+func (f *fakes) writer() *Writer { return NewWriter(f.svc, f.be, f.rng) }
 
-// view renders what the maps make of every frontend, with backend ids resolved,
-// so two writers' results compare regardless of the ids they chose.
+// view renders what the maps make of every frontend's socket entries, with
+// backend ids resolved, so two writers' results compare regardless of the ids
+// they chose.
 func (f *fakes) view(t *testing.T) []string {
+	t.Helper()
+	return f.viewScope(t, scopeSocket)
+}
+
+// viewScope is view for one scope's entries.
+func (f *fakes) viewScope(t *testing.T, scope uint8) []string {
 	t.Helper()
 	svcs, _ := f.svc.All()
 	bes, _ := f.be.All()
 	var out []string
 	for k, head := range svcs {
-		if k.Slot != 0 {
+		if k.Slot != 0 || k.Scope != scope {
 			continue
 		}
 		if k.Port == 0 && k.Proto == 0 {
@@ -93,6 +110,7 @@ func stateOf(frontends map[string][]string) *dataplane.State {
 				f.Pod.Backends = append(f.Pod.Backends, ep(b))
 			}
 		}
+		f.Outside = f.Pod // what the model does for a ClusterIP without a cluster CIDR
 		st.Frontends[f.FrontendKey] = f
 	}
 	return st
@@ -133,6 +151,9 @@ func TestWriterProgramsState(t *testing.T) {
 	if got := f.view(t); !slices.Equal(got, want) {
 		t.Errorf("maps:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
+	if got := f.viewScope(t, scopeOutside); !slices.Equal(got, want) {
+		t.Errorf("outside entries:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
 	if f.be.Len() != 4 {
 		t.Errorf("%d backends, want 4 (one per address, port and protocol)", f.be.Len())
 	}
@@ -154,7 +175,8 @@ func TestWriterMakeBeforeBreak(t *testing.T) {
 	if err := w.Sync(stateOf(map[string][]string{fe: {"10.0.1.1:8080", "10.0.1.9:8080"}}), changed(fe)); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"backend put", "svc put slot 2", "svc put slot 0", "svc delete slot 3", "backend delete", "backend delete"}
+	want := []string{"backend put", "svc put slot 2", "svc put slot 0", "svc delete slot 3",
+		"svc put slot 2 outside", "svc put slot 0 outside", "svc delete slot 3 outside", "backend delete", "backend delete"}
 	if !slices.Equal(f.ops, want) {
 		t.Errorf("writes %v, want %v", f.ops, want)
 	}
@@ -416,5 +438,74 @@ func TestWriterReportsRemovedUDPBackends(t *testing.T) {
 	}
 	if got := w.TakeRemovedUDP(); len(got) != 0 {
 		t.Errorf("taken twice: %v", got)
+	}
+}
+
+// The Outside route goes to the outside scope with its own backends, the
+// masquerade flag and the source ranges, written before the entry that turns
+// them on and deleted after the last user is gone, also across a restart.
+func TestWriterOutsideRouteAndSourceRanges(t *testing.T) {
+	f := newFakes(100)
+	w := f.writer()
+	lb := "192.0.2.50:80/TCP"
+	st := stateOf(map[string][]string{lb: {"10.0.1.1:8080", "10.0.2.1:8080"}})
+	fe := st.Frontends[dataplane.FrontendKey{Addr: netip.MustParseAddr("192.0.2.50"), Port: 80, Protocol: "TCP"}]
+	fe.Type = dataplane.LoadBalancerIP
+	fe.Outside = dataplane.Route{Backends: fe.Pod.Backends[:1], Masquerade: true}
+	fe.SourceRanges = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("198.51.100.7/32")}
+	f.ops = nil
+	if err := w.Sync(st, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := f.viewScope(t, scopeOutside), []string{"192.0.2.50:80/TCP count=1 flags=12 affinity=0: 10.0.1.1:8080"}; !slices.Equal(got, want) {
+		t.Errorf("outside entries %v, want %v", got, want)
+	}
+	if got, want := f.view(t), []string{"192.0.2.50:80/TCP count=2 flags=0 affinity=0: 10.0.1.1:8080 10.0.2.1:8080"}; !slices.Equal(got, want) {
+		t.Errorf("socket entries %v, want %v", got, want)
+	}
+	if i, j := slices.Index(f.ops, "range put"), slices.Index(f.ops, "svc put slot 0 outside"); i < 0 || i > j {
+		t.Errorf("the ranges must be written before the entry that uses them: %v", f.ops)
+	}
+	ranges := func() []string {
+		all, _ := f.rng.All()
+		var out []string
+		for k := range all {
+			r := fromLPMKey(k)
+			out = append(out, r.prefix.String())
+			if lpmKey(r) != k {
+				t.Errorf("LPM key %+v does not round-trip", k)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	if got := ranges(); !slices.Equal(got, []string{"198.51.100.7/32", "203.0.113.0/24"}) {
+		t.Errorf("ranges %v", got)
+	}
+
+	fe.SourceRanges = fe.SourceRanges[:1]
+	if err := w.Sync(st, changed(lb)); err != nil {
+		t.Fatal(err)
+	}
+	if got := ranges(); !slices.Equal(got, []string{"203.0.113.0/24"}) {
+		t.Errorf("after dropping one range: %v", got)
+	}
+	// A restarted writer finds a range nobody claims (left by a crash) and deletes it.
+	if err := f.rng.Put(lpmKey(rangeKey{99, netip.MustParsePrefix("10.9.0.0/16")}), 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.writer().Sync(st, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := ranges(); !slices.Equal(got, []string{"203.0.113.0/24"}) {
+		t.Errorf("after a restart: %v", got)
+	}
+	delete(st.Frontends, fe.FrontendKey)
+	w2 := f.writer()
+	if err := w2.Sync(st, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := ranges(); len(got) != 0 || f.svc.Len() != 0 || f.be.Len() != 0 {
+		t.Errorf("after removal: ranges %v, %d service entries, %d backends", got, f.svc.Len(), f.be.Len())
 	}
 }

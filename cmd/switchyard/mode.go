@@ -43,7 +43,8 @@ func newBackend(mode string, cfg *agentConfig, out io.Writer, metrics prometheus
 			}
 		}
 		return bpf.NewBackend(bpf.Config{PinDir: cfg.bpfRoot, CgroupPath: cg, Metrics: metrics,
-			MaxServices: cfg.bpfMaps[0], MaxBackends: cfg.bpfMaps[1]})
+			MaxServices: cfg.bpfMaps[0], MaxBackends: cfg.bpfMaps[1],
+			Devices: cfg.devices, TCMode: cfg.tcMode, ClusterCIDRs: cfg.model.ClusterCIDRs})
 	}
 	return nil, usageError{fmt.Errorf("--mode: the %s dataplane is not built yet; this release has: %s", mode, strings.Join(builtList(), ", "))}
 }
@@ -77,7 +78,8 @@ func cgroupV2Root() (string, error) {
 }
 
 // cleanup removes what any dataplane installed: the eBPF pins (which detaches the
-// programs) and the reserved NodePort range.
+// programs; tc programs attached without links are removed from every device of
+// this network namespace) and the reserved NodePort range.
 func cleanup(bpfRoot string, nodePorts dataplane.PortRange) error {
-	return errors.Join(bpf.Unpin(bpfRoot), updateReservedPorts(reservedPortsPath, nodePorts, false))
+	return errors.Join(bpf.UnpinTC(bpfRoot), bpf.Unpin(bpfRoot), updateReservedPorts(reservedPortsPath, nodePorts, false))
 }

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -46,6 +47,8 @@ type options struct {
 	cgroupRoot         string
 	bpfMaxServices     uint32
 	bpfMaxBackends     uint32
+	devices            []string
+	tcAttach           string
 
 	flags *pflag.FlagSet
 }
@@ -62,6 +65,7 @@ func newOptions() *options {
 		bpfRoot:            defaultBPFRoot,
 		bpfMaxServices:     bpf.DefaultMaxServices,
 		bpfMaxBackends:     bpf.DefaultMaxBackends,
+		tcAttach:           string(bpf.TCAuto),
 	}
 }
 
@@ -86,6 +90,8 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.cgroupRoot, "cgroup-root", o.cgroupRoot, "eBPF mode: the cgroup v2 directory the socket hooks attach to (default: the cgroup v2 mount).")
 	fs.Uint32Var(&o.bpfMaxServices, "bpf-max-services", o.bpfMaxServices, "eBPF mode: entries in the services map (one per frontend, one per backend slot, one per cluster IP).")
 	fs.Uint32Var(&o.bpfMaxBackends, "bpf-max-backends", o.bpfMaxBackends, "eBPF mode: entries in the backends map (one per distinct endpoint address, port and protocol).")
+	fs.StringSliceVar(&o.devices, "devices", o.devices, "eBPF mode: the devices that face the outside (names or glob patterns, like Cilium's --devices); NodePorts, externalIPs and LoadBalancer IPs are served to clients arriving there. Empty: the devices that carry a node address.")
+	fs.StringVar(&o.tcAttach, "bpf-tc-attach", o.tcAttach, "eBPF mode: how the tc programs attach: auto (tcx where the kernel has it, else clsact), tcx or clsact.")
 }
 
 // usageError is a bad flag, config file or argument: the process exits 2.
@@ -112,6 +118,8 @@ type agentConfig struct {
 	bpfRoot       string
 	cgroupRoot    string    // "" means the cgroup v2 mount, found at start
 	bpfMaps       [2]uint32 // services, backends
+	devices       []string
+	tcMode        bpf.TCMode
 }
 
 // complete applies the config file (command-line flags win), then validates
@@ -135,6 +143,18 @@ func (o *options) validate() (*agentConfig, error) {
 		return nil, flagErr("bpf-max-services", "the map sizes must be at least 16 (got %d services, %d backends)", o.bpfMaxServices, o.bpfMaxBackends)
 	}
 	c.bpfMaps = [2]uint32{o.bpfMaxServices, o.bpfMaxBackends}
+	switch m := bpf.TCMode(o.tcAttach); m {
+	case bpf.TCAuto, bpf.TCX, bpf.TCClsact:
+		c.tcMode = m
+	default:
+		return nil, flagErr("bpf-tc-attach", "want auto, tcx or clsact, got %q", o.tcAttach)
+	}
+	for _, d := range o.devices {
+		if _, err := path.Match(d, ""); err != nil || d == "" || strings.ContainsRune(d, '/') {
+			return nil, flagErr("devices", "%q is not a device name or pattern", d)
+		}
+	}
+	c.devices = o.devices
 	if o.cgroupRoot != "" && !filepath.IsAbs(o.cgroupRoot) {
 		return nil, flagErr("cgroup-root", "want an absolute path, got %q", o.cgroupRoot)
 	}

@@ -141,9 +141,6 @@ func (o Options) flowSkipReason(c flow.Case, f flow.Flow) string {
 	if strings.EqualFold(f.Protocol, "SCTP") {
 		return "(skipped: SCTP is not in this kernel)"
 	}
-	if o.Proxy == "switchyard-ebpf" && c.SourceKind(f.SourceIP) == flow.ExternalSource {
-		return "(skipped: traffic from outside the node needs the eBPF tc dataplane, not built yet)"
-	}
 	return ""
 }
 

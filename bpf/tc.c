@@ -1,0 +1,756 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (MIT OR GPL-2.0)
+/*
+ * Load balancing for traffic that arrives from outside the node: NodePorts, externalIPs,
+ * LoadBalancer IPs (and cluster IPs reached from outside), on tc hooks of the node's devices.
+ *
+ * A new connection on an external device's ingress picks a backend from the services map
+ * (scope SCOPE_OUTSIDE, or SCOPE_SOCKET for sources in the cluster CIDR: pods of other nodes get
+ * the Pod route, as with kube-proxy's local-traffic detector), is DNATed to it and, when the
+ * service says so, SNATed to the node address. Both directions go into the ct map, each entry
+ * holding the full rewrite of its direction, so later packets and replies (seen on the device
+ * they come back through: a pod's veth, or the external device for a remote backend) are
+ * rewritten by one lookup. ICMP errors about a translated flow are found through their inner
+ * header and rewritten too, outer and inner. Translated packets are forwarded with
+ * bpf_fib_lookup + bpf_redirect(_neigh): the kernel would drop a reply whose source became the
+ * node's own address as a martian if it went through routing input.
+ *
+ * Every address is 16 bytes, IPv4 as IPv4-mapped, as in sock.c. Not translated: IPv4 with
+ * options, IPv6 with extension headers, and non-first fragments.
+ */
+#include "lb.h"
+
+#include <linux/if_ether.h>
+#include <linux/pkt_cls.h>
+
+#define IPPROTO_ICMP 1
+#define IPPROTO_ICMPV6 58
+#define AF_INET 2
+#define AF_INET6 10
+
+#define ETH_HLEN 14
+#define IP4_HLEN 20
+#define IP6_HLEN 40
+
+/* Offsets in the IPv4 / IPv6 header */
+#define IP4_TTL 8
+#define IP4_CSUM 10
+#define IP4_SADDR 12
+#define IP4_DADDR 16
+#define IP6_HOPS 7
+#define IP6_SADDR 8
+#define IP6_DADDR 24
+
+#define CT_F_REPLY 1
+
+/* SNAT source ports: above the kernel's default ephemeral range (32768-60999), so a masqueraded
+ * flow never takes the tuple of a connection the node opened itself. */
+#define SNAT_PORT_MIN 61000
+#define SNAT_PORT_SPAN 4536
+#define SNAT_TRIES 16
+
+/* One direction of a translated flow, as seen on the wire before translation. */
+struct ct_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport; /* network byte order */
+	__u16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* What that direction's packets become. */
+struct ct_val {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u32 backend_id; /* forward entries: the backend, checked on use */
+	__u8 flags;
+	__u8 pad[7];
+};
+
+struct client_affinity_key {
+	__u8 addr[16];
+	__u32 svc_id;
+	__u32 pad;
+};
+
+/* prefixlen counts the svc_id's 32 bits too. */
+struct range_key {
+	__u32 prefixlen;
+	__u32 svc_id;
+	__u8 addr[16];
+};
+
+struct cidr_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+struct snat_addr {
+	__u8 addr[16];
+};
+
+/* LRU: a flow's entries age out when the map is full; nobody deletes them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct ct_key);
+	__type(value, struct ct_val);
+} ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct client_affinity_key);
+	__type(value, struct affinity_val);
+} client_affinity SEC(".maps");
+
+/* loadBalancerSourceRanges, per service (SVC_F_RANGES). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct range_key);
+	__type(value, __u8);
+} source_ranges SEC(".maps");
+
+/* --cluster-cidr: sources that are pods. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 64);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct cidr_key);
+	__type(value, __u8);
+} cluster_cidrs SEC(".maps");
+
+/* The masquerade address: [0] IPv4, [1] IPv6; all zero: that family is not masqueraded. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct snat_addr);
+} snat_addrs SEC(".maps");
+
+/* A parsed packet: where its headers are and its tuple. */
+struct pkt {
+	int v6;
+	__u32 l3; /* offset of the IP header */
+	__u32 l4; /* offset of the TCP/UDP/ICMP header */
+	__u8 proto;
+	struct ct_key t;
+};
+
+/* ---- parsing ---- */
+
+static __always_inline void map4(__u8 dst[16], __u32 a)
+{
+	__u32 m[4] = {0, 0, bpf_htonl(0x0000ffff), a};
+
+	__builtin_memcpy(dst, m, 16);
+}
+
+/* Reads the IP header at p->l3; returns 0 for what is not translated. */
+static __always_inline int parse_ip(struct __sk_buff *skb, struct pkt *p)
+{
+	if (!p->v6) {
+		struct {
+			__u8 vihl, tos;
+			__u16 len, id, frag;
+			__u8 ttl, proto;
+			__u16 csum;
+			__u32 saddr, daddr;
+		} ip;
+
+		if (bpf_skb_load_bytes(skb, p->l3, &ip, sizeof(ip)) < 0 || ip.vihl != 0x45)
+			return 0;
+		if (ip.frag & bpf_htons(0x1fff)) /* a later fragment: no ports to match */
+			return 0;
+		p->proto = ip.proto;
+		p->l4 = p->l3 + IP4_HLEN;
+		map4(p->t.saddr, ip.saddr);
+		map4(p->t.daddr, ip.daddr);
+		return 1;
+	}
+	struct {
+		__u32 vtcfl;
+		__u16 len;
+		__u8 next, hops;
+		__u8 saddr[16], daddr[16];
+	} ip6;
+
+	if (bpf_skb_load_bytes(skb, p->l3, &ip6, sizeof(ip6)) < 0)
+		return 0;
+	p->proto = ip6.next;
+	p->l4 = p->l3 + IP6_HLEN;
+	__builtin_memcpy(p->t.saddr, ip6.saddr, 16);
+	__builtin_memcpy(p->t.daddr, ip6.daddr, 16);
+	return 1;
+}
+
+static __always_inline int load_ports(struct __sk_buff *skb, __u32 off, struct ct_key *t)
+{
+	__u16 ports[2];
+
+	if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0)
+		return 0;
+	t->sport = ports[0];
+	t->dport = ports[1];
+	return 1;
+}
+
+static __always_inline __u32 l4_csum_off(const struct pkt *p)
+{
+	return p->l4 + (p->proto == IPPROTO_TCP ? 16 : 6);
+}
+
+/* ---- rewriting, with checksums ---- */
+
+/*
+ * Replaces the address at off (4 bytes for IPv4, 16 for IPv6) and fixes the checksums that
+ * cover it: the IPv4 header's at ip_csum (if non-zero), and the one at l4_csum (if non-zero),
+ * as part of a pseudo header or not.
+ */
+static __always_inline int set_addr(struct __sk_buff *skb, int v6, __u32 off, const __u8 old[16],
+				    const __u8 new[16], __u32 ip_csum, __u32 l4_csum, __u64 l4_flags)
+{
+	if (!v6) {
+		__u32 o, n;
+
+		__builtin_memcpy(&o, old + 12, 4);
+		__builtin_memcpy(&n, new + 12, 4);
+		if (o == n)
+			return 0;
+		if (bpf_skb_store_bytes(skb, off, &n, 4, 0) < 0)
+			return -1;
+		if (ip_csum && bpf_l3_csum_replace(skb, ip_csum, o, n, 4) < 0)
+			return -1;
+		if (l4_csum && bpf_l4_csum_replace(skb, l4_csum, o, n, l4_flags | 4) < 0)
+			return -1;
+		return 0;
+	}
+	if (addr_eq(old, new))
+		return 0;
+	__s64 diff = bpf_csum_diff((__be32 *)old, 16, (__be32 *)new, 16, 0);
+
+	if (bpf_skb_store_bytes(skb, off, new, 16, 0) < 0)
+		return -1;
+	if (l4_csum && bpf_l4_csum_replace(skb, l4_csum, 0, diff, l4_flags) < 0)
+		return -1;
+	return 0;
+}
+
+static __always_inline int set_port(struct __sk_buff *skb, __u32 off, __u16 old, __u16 new, __u32 l4_csum,
+				    __u64 l4_flags)
+{
+	if (old == new)
+		return 0;
+	if (bpf_skb_store_bytes(skb, off, &new, 2, 0) < 0)
+		return -1;
+	if (l4_csum && bpf_l4_csum_replace(skb, l4_csum, old, new, l4_flags | 2) < 0)
+		return -1;
+	return 0;
+}
+
+static __always_inline __u32 saddr_off(const struct pkt *p, __u32 l3)
+{
+	return l3 + (p->v6 ? IP6_SADDR : IP4_SADDR);
+}
+
+static __always_inline __u32 daddr_off(const struct pkt *p, __u32 l3)
+{
+	return l3 + (p->v6 ? IP6_DADDR : IP4_DADDR);
+}
+
+/* Rewrites a TCP or UDP packet's tuple to v. */
+static __always_inline int nat_l4(struct __sk_buff *skb, const struct pkt *p, const struct ct_val *v)
+{
+	__u32 ip_csum = p->v6 ? 0 : p->l3 + IP4_CSUM;
+	__u32 l4_csum = l4_csum_off(p);
+	/* An IPv4 UDP checksum of 0 means none: it stays 0 (and a computed 0 is sent as 0xffff). */
+	__u64 mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+
+	if (set_addr(skb, p->v6, saddr_off(p, p->l3), p->t.saddr, v->saddr, ip_csum, l4_csum,
+		     BPF_F_PSEUDO_HDR | mangled) < 0 ||
+	    set_addr(skb, p->v6, daddr_off(p, p->l3), p->t.daddr, v->daddr, ip_csum, l4_csum,
+		     BPF_F_PSEUDO_HDR | mangled) < 0 ||
+	    set_port(skb, p->l4, p->t.sport, v->sport, l4_csum, mangled) < 0 ||
+	    set_port(skb, p->l4 + 2, p->t.dport, v->dport, l4_csum, mangled) < 0)
+		return -1;
+	return 0;
+}
+
+/* ---- forwarding ---- */
+
+static __always_inline int dec_ttl(struct __sk_buff *skb, const struct pkt *p)
+{
+	__u8 ttl;
+
+	if (bpf_skb_load_bytes(skb, p->l3 + (p->v6 ? IP6_HOPS : IP4_TTL), &ttl, 1) < 0 || ttl <= 1)
+		return -1;
+	if (p->v6) {
+		ttl--;
+		return bpf_skb_store_bytes(skb, p->l3 + IP6_HOPS, &ttl, 1, 0);
+	}
+	/* The checksum covers TTL as the high byte of a 16-bit word. */
+	__u16 o = bpf_htons((__u16)ttl << 8), n = bpf_htons((__u16)(ttl - 1) << 8);
+
+	ttl--;
+	if (bpf_skb_store_bytes(skb, p->l3 + IP4_TTL, &ttl, 1, 0) < 0)
+		return -1;
+	return bpf_l3_csum_replace(skb, p->l3 + IP4_CSUM, o, n, 2);
+}
+
+/*
+ * Sends a translated packet on to its next hop, bypassing routing input (which would drop a
+ * reply that now comes from the node's own address). Anything the FIB cannot resolve here goes
+ * to the stack as it is.
+ */
+static __always_inline int forward(struct __sk_buff *skb, const struct pkt *p, const __u8 daddr[16],
+				   const __u8 saddr[16])
+{
+	struct bpf_fib_lookup fib = {};
+	struct bpf_redir_neigh nh = {};
+	long rc;
+
+	fib.ifindex = skb->ifindex;
+	fib.l4_protocol = p->proto;
+	fib.tot_len = skb->len - p->l3;
+	if (p->v6) {
+		fib.family = AF_INET6;
+		__builtin_memcpy(fib.ipv6_src, saddr, 16);
+		__builtin_memcpy(fib.ipv6_dst, daddr, 16);
+	} else {
+		fib.family = AF_INET;
+		__builtin_memcpy(&fib.ipv4_src, saddr + 12, 4);
+		__builtin_memcpy(&fib.ipv4_dst, daddr + 12, 4);
+	}
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return TC_ACT_OK;
+	if (dec_ttl(skb, p) < 0)
+		return TC_ACT_OK; /* the stack sends "time exceeded" */
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		if (bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0) < 0 ||
+		    bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0) < 0)
+			return TC_ACT_SHOT;
+		return bpf_redirect(fib.ifindex, 0);
+	}
+	if (p->v6) {
+		nh.nh_family = AF_INET6;
+		__builtin_memcpy(nh.ipv6_nh, fib.ipv6_dst, 16);
+	} else {
+		nh.nh_family = AF_INET;
+		nh.ipv4_nh = fib.ipv4_dst;
+	}
+	return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+}
+
+/* ---- REJECT: ICMP port unreachable, built in place and sent back ---- */
+
+static __always_inline __u16 csum_fold(__s64 sum)
+{
+	__u32 s = (__u32)sum;
+
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
+static __always_inline int swap_macs(struct __sk_buff *skb)
+{
+	__u8 mac[12], swapped[12];
+
+	if (bpf_skb_load_bytes(skb, 0, mac, 12) < 0)
+		return -1;
+	__builtin_memcpy(swapped, mac + 6, 6);
+	__builtin_memcpy(swapped + 6, mac, 6);
+	return bpf_skb_store_bytes(skb, 0, swapped, 12, 0);
+}
+
+/*
+ * The refusal quotes the IP header and the whole TCP header (20 bytes) or the UDP header (8).
+ * The packet may still carry a transport checksum to be completed on its way out (checksum
+ * offload, CHECKSUM_PARTIAL): the kernel refuses to cut a packet shorter than that checksum's
+ * field, and will later write the quoted header's checksum field with the ones' complement sum
+ * from that header to the end of the packet. So the quote ends with that header, and its checksum
+ * field gets the one value that this completion leaves unchanged (s with 2s = -sum of the other
+ * bytes, ones' complement): the ICMP checksum holds whether the completion happens or not.
+ */
+static __always_inline void quote_fixpoint(__u8 *l4, __u32 len, __u32 csum_at)
+{
+	__u16 zero = 0;
+	__u32 s;
+
+	__builtin_memcpy(l4 + csum_at, &zero, 2);
+	s = (__u32)bpf_csum_diff(0, 0, (__be32 *)l4, len, 0);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	s = ((0xffff - s % 0xffff) * 0x8000) % 0xffff; /* 0x8000 = 1/2 modulo 0xffff */
+	zero = (__u16)s;
+	__builtin_memcpy(l4 + csum_at, &zero, 2);
+}
+
+static __always_inline __u32 quote_l4_len(const struct pkt *p)
+{
+	return p->proto == IPPROTO_TCP ? 20 : 8;
+}
+
+/*
+ * The packet becomes: [Ethernet back to the sender][IPv4 from the frontend][ICMP type 3 code 3]
+ * [the quote], as a router's REJECT would send.
+ */
+static __always_inline int reject4(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct {
+		__u8 vihl, tos;
+		__u16 len, id, frag;
+		__u8 ttl, proto;
+		__u16 csum;
+		__u32 saddr, daddr;
+		__u8 type, code;
+		__u16 icsum;
+		__u32 unused;
+		__u8 inner[IP4_HLEN + 20];
+	} r = {};
+	int tcp = p->proto == IPPROTO_TCP;
+	__u32 quote = IP4_HLEN + quote_l4_len(p);
+
+	if ((tcp && bpf_skb_load_bytes(skb, p->l3, r.inner, IP4_HLEN + 20) < 0) ||
+	    (!tcp && bpf_skb_load_bytes(skb, p->l3, r.inner, IP4_HLEN + 8) < 0))
+		return TC_ACT_SHOT;
+	if (tcp)
+		quote_fixpoint(r.inner + IP4_HLEN, 20, 16);
+	else
+		quote_fixpoint(r.inner + IP4_HLEN, 8, 6);
+	r.vihl = 0x45;
+	r.tos = 0xc0;
+	r.len = bpf_htons(IP4_HLEN + 8 + quote);
+	r.ttl = 64;
+	r.proto = IPPROTO_ICMP;
+	__builtin_memcpy(&r.saddr, p->t.daddr + 12, 4);
+	__builtin_memcpy(&r.daddr, p->t.saddr + 12, 4);
+	r.type = 3; /* destination unreachable */
+	r.code = 3; /* port unreachable */
+	r.csum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r, IP4_HLEN, 0));
+	/* a UDP quote leaves zeros at the end of inner: they add nothing to the sum */
+	r.icsum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r.type, sizeof(r) - IP4_HLEN, 0));
+	if (bpf_skb_change_tail(skb, p->l3 + quote, 0) < 0 ||
+	    bpf_skb_adjust_room(skb, IP4_HLEN + 8, BPF_ADJ_ROOM_MAC, 0) < 0)
+		return TC_ACT_SHOT;
+	if ((tcp && bpf_skb_store_bytes(skb, p->l3, &r, sizeof(r), 0) < 0) ||
+	    (!tcp && bpf_skb_store_bytes(skb, p->l3, &r, sizeof(r) - 12, 0) < 0) || swap_macs(skb) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+/* The same for IPv6: ICMPv6 type 1 code 4, whose checksum covers a pseudo header. */
+static __always_inline int reject6(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct {
+		__u32 vtcfl;
+		__u16 len;
+		__u8 next, hops;
+		__u8 saddr[16], daddr[16];
+		__u8 type, code;
+		__u16 icsum;
+		__u32 unused;
+		__u8 inner[IP6_HLEN + 20];
+	} r = {};
+	struct {
+		__u8 saddr[16], daddr[16];
+		__u32 len;
+		__u32 next;
+	} pseudo = {};
+	int tcp = p->proto == IPPROTO_TCP;
+	__u32 quote = IP6_HLEN + quote_l4_len(p);
+	__s64 sum;
+
+	if ((tcp && bpf_skb_load_bytes(skb, p->l3, r.inner, IP6_HLEN + 20) < 0) ||
+	    (!tcp && bpf_skb_load_bytes(skb, p->l3, r.inner, IP6_HLEN + 8) < 0))
+		return TC_ACT_SHOT;
+	if (tcp)
+		quote_fixpoint(r.inner + IP6_HLEN, 20, 16);
+	else
+		quote_fixpoint(r.inner + IP6_HLEN, 8, 6);
+	r.vtcfl = bpf_htonl(0x60000000);
+	r.len = bpf_htons(8 + quote);
+	r.next = IPPROTO_ICMPV6;
+	r.hops = 64;
+	__builtin_memcpy(r.saddr, p->t.daddr, 16);
+	__builtin_memcpy(r.daddr, p->t.saddr, 16);
+	r.type = 1; /* destination unreachable */
+	r.code = 4; /* port unreachable */
+	__builtin_memcpy(pseudo.saddr, r.saddr, 16);
+	__builtin_memcpy(pseudo.daddr, r.daddr, 16);
+	pseudo.len = bpf_htonl(8 + quote);
+	pseudo.next = bpf_htonl(IPPROTO_ICMPV6);
+	sum = bpf_csum_diff(0, 0, (__be32 *)&pseudo, sizeof(pseudo), 0);
+	r.icsum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r.type, sizeof(r) - IP6_HLEN, sum));
+	if (bpf_skb_change_tail(skb, p->l3 + quote, 0) < 0 ||
+	    bpf_skb_adjust_room(skb, IP6_HLEN + 8, BPF_ADJ_ROOM_MAC, 0) < 0)
+		return TC_ACT_SHOT;
+	if ((tcp && bpf_skb_store_bytes(skb, p->l3, &r, sizeof(r), 0) < 0) ||
+	    (!tcp && bpf_skb_store_bytes(skb, p->l3, &r, sizeof(r) - 12, 0) < 0) || swap_macs(skb) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p)
+{
+	return p->v6 ? reject6(skb, p) : reject4(skb, p);
+}
+
+/* ---- new connections ---- */
+
+static __always_inline int is_pod(const __u8 addr[16])
+{
+	struct cidr_key k = {.prefixlen = 128};
+
+	__builtin_memcpy(k.addr, addr, 16);
+	return bpf_map_lookup_elem(&cluster_cidrs, &k) != 0;
+}
+
+static __always_inline int in_ranges(__u32 svc_id, const __u8 addr[16])
+{
+	struct range_key k = {.prefixlen = 32 + 128, .svc_id = svc_id};
+
+	__builtin_memcpy(k.addr, addr, 16);
+	return bpf_map_lookup_elem(&source_ranges, &k) != 0;
+}
+
+/*
+ * Picks a free source port on the masquerade address for a flow to backend be: the reply entry
+ * is inserted only if no other flow owns that tuple.
+ */
+static __always_inline int snat_port(struct ct_key *rk, const struct ct_val *rv)
+{
+	for (int i = 0; i < SNAT_TRIES; i++) {
+		rk->dport = bpf_htons(SNAT_PORT_MIN + bpf_get_prandom_u32() % SNAT_PORT_SPAN);
+		if (bpf_map_update_elem(&ct, rk, rv, BPF_NOEXIST) == 0)
+			return 0;
+	}
+	return -1;
+}
+
+/*
+ * Writes both directions of a new flow from the client (p->t) through the frontend to backend
+ * be, SNATed to the node address when masq: returns the forward entry's rewrite in fv.
+ */
+static __always_inline int open_flow(const struct pkt *p, __u32 backend_id, const struct backend *be, int masq,
+				     struct ct_val *fv)
+{
+	struct ct_key rk = {};
+	struct ct_val rv = {};
+
+	/* the reply: backend -> client (or node address), back to frontend -> client */
+	__builtin_memcpy(rk.saddr, be->addr, 16);
+	rk.sport = be->port;
+	rk.proto = p->proto;
+	__builtin_memcpy(rv.saddr, p->t.daddr, 16);
+	__builtin_memcpy(rv.daddr, p->t.saddr, 16);
+	rv.sport = p->t.dport;
+	rv.dport = p->t.sport;
+	rv.backend_id = backend_id;
+	rv.flags = CT_F_REPLY;
+	if (masq) {
+		__u32 family = p->v6 ? 1 : 0;
+		struct snat_addr *sa = bpf_map_lookup_elem(&snat_addrs, &family);
+		__u8 zero[16] = {};
+
+		if (!sa || addr_eq(sa->addr, zero))
+			return -1;
+		__builtin_memcpy(rk.daddr, sa->addr, 16);
+		if (snat_port(&rk, &rv) < 0)
+			return -1;
+	} else {
+		__builtin_memcpy(rk.daddr, p->t.saddr, 16);
+		rk.dport = p->t.sport;
+		if (bpf_map_update_elem(&ct, &rk, &rv, BPF_ANY) < 0)
+			return -1;
+	}
+	__builtin_memcpy(fv->saddr, rk.daddr, 16);
+	fv->sport = rk.dport;
+	__builtin_memcpy(fv->daddr, be->addr, 16);
+	fv->dport = be->port;
+	fv->backend_id = backend_id;
+	fv->flags = 0;
+	return bpf_map_update_elem(&ct, &p->t, fv, BPF_ANY);
+}
+
+/* A new connection to a frontend from outside: DNAT (and SNAT), REJECT, DROP, or not ours. */
+static __always_inline int new_flow(struct __sk_buff *skb, struct pkt *p)
+{
+	struct client_affinity_key ak = {};
+	struct svc_key key = {};
+	struct svc_val *svc;
+	struct backend *be;
+	struct ct_val fv = {};
+	__u32 backend_id;
+
+	__builtin_memcpy(key.addr, p->t.daddr, 16);
+	key.port = p->t.dport;
+	key.proto = p->proto;
+	key.scope = is_pod(p->t.saddr) ? SCOPE_SOCKET : SCOPE_OUTSIDE;
+	svc = bpf_map_lookup_elem(&services, &key);
+	if (!svc) {
+		/* A cluster IP refuses the ports it does not serve, as kube-proxy's nftables mode. */
+		key.port = 0;
+		key.proto = 0;
+		svc = bpf_map_lookup_elem(&services, &key);
+		if (svc && (svc->flags & SVC_F_REJECT))
+			return reject(skb, p);
+		return TC_ACT_OK;
+	}
+	if ((svc->flags & SVC_F_RANGES) && !in_ranges(svc->svc_id, p->t.saddr))
+		return TC_ACT_SHOT;
+	if (svc->flags & SVC_F_DROP)
+		return TC_ACT_SHOT;
+	if ((svc->flags & SVC_F_REJECT) || !svc->count)
+		return reject(skb, p);
+	__builtin_memcpy(ak.addr, p->t.saddr, 16);
+	ak.svc_id = svc->svc_id;
+	if (!pick_backend(&client_affinity, &ak, &key, svc, &backend_id))
+		return reject(skb, p);
+	be = bpf_map_lookup_elem(&backends, &backend_id);
+	if (!be || is_v4_mapped(be->addr) == p->v6)
+		return reject(skb, p); /* no backend of the packet's family */
+	if (open_flow(p, backend_id, be, svc->flags & SVC_F_MASQ, &fv) < 0)
+		return TC_ACT_SHOT; /* no source port left: like a full conntrack table */
+	if (nat_l4(skb, p, &fv) < 0)
+		return TC_ACT_SHOT;
+	return forward(skb, p, fv.daddr, fv.saddr);
+}
+
+/* A forward entry is only good while its backend still exists: else the flow starts over. */
+static __always_inline int stale(const struct ct_val *v)
+{
+	struct backend *be;
+
+	if (v->flags & CT_F_REPLY)
+		return 0;
+	be = bpf_map_lookup_elem(&backends, &v->backend_id);
+	return !be || !addr_eq(be->addr, v->daddr) || be->port != v->dport;
+}
+
+/* ---- ICMP errors about a translated flow ---- */
+
+static __always_inline int icmp_is_error(int v6, __u8 type)
+{
+	if (v6)
+		return type >= 1 && type <= 4; /* unreachable, too big, time exceeded, parameter */
+	return type == 3 || type == 11 || type == 12;
+}
+
+/*
+ * The error's inner header is a packet of the flow going the other way, so the entry for the
+ * outer packet's direction is the inner tuple turned around. Outer destination and inner source
+ * are the same host (and so get the same new address), as are the outer source, when it is not
+ * a router on the path, and the inner destination.
+ */
+static __always_inline int icmp_error(struct __sk_buff *skb, struct pkt *p)
+{
+	__u32 icsum = p->l4 + 2, in3 = p->l4 + 8, in4;
+	__u64 outer_flags = p->v6 ? BPF_F_PSEUDO_HDR : 0; /* ICMPv6 covers the outer addresses */
+	struct pkt in = {.v6 = p->v6, .l3 = in3};
+	struct ct_key k = {};
+	struct ct_val *v;
+	__u8 type;
+
+	if (bpf_skb_load_bytes(skb, p->l4, &type, 1) < 0 || !icmp_is_error(p->v6, type))
+		return TC_ACT_OK;
+	if (!parse_ip(skb, &in) || (in.proto != IPPROTO_TCP && in.proto != IPPROTO_UDP))
+		return TC_ACT_OK;
+	in4 = in.l4;
+	if (!load_ports(skb, in4, &in.t))
+		return TC_ACT_OK;
+	__builtin_memcpy(k.saddr, in.t.daddr, 16);
+	__builtin_memcpy(k.daddr, in.t.saddr, 16);
+	k.sport = in.t.dport;
+	k.dport = in.t.sport;
+	k.proto = in.proto;
+	v = bpf_map_lookup_elem(&ct, &k);
+	if (!v)
+		return TC_ACT_OK;
+	struct ct_val nv = *v;
+	__u8 osrc[16];
+	__u16 in_csum_old = 0, in_csum_new = 0;
+
+	__builtin_memcpy(osrc, addr_eq(p->t.saddr, in.t.daddr) ? nv.saddr : p->t.saddr, 16);
+	if (set_addr(skb, p->v6, daddr_off(p, p->l3), p->t.daddr, nv.daddr, p->v6 ? 0 : p->l3 + IP4_CSUM,
+		     p->v6 ? icsum : 0, outer_flags) < 0 ||
+	    set_addr(skb, p->v6, saddr_off(p, p->l3), p->t.saddr, osrc, p->v6 ? 0 : p->l3 + IP4_CSUM,
+		     p->v6 ? icsum : 0, outer_flags) < 0)
+		return TC_ACT_SHOT;
+	/* The inner IPv4 header's checksum changes with its addresses, and ICMP covers both. */
+	if (!p->v6 && bpf_skb_load_bytes(skb, in3 + IP4_CSUM, &in_csum_old, 2) < 0)
+		return TC_ACT_SHOT;
+	if (set_addr(skb, p->v6, saddr_off(p, in3), in.t.saddr, nv.daddr, p->v6 ? 0 : in3 + IP4_CSUM, icsum, 0) < 0 ||
+	    set_addr(skb, p->v6, daddr_off(p, in3), in.t.daddr, nv.saddr, p->v6 ? 0 : in3 + IP4_CSUM, icsum, 0) < 0 ||
+	    set_port(skb, in4, in.t.sport, nv.dport, icsum, 0) < 0 ||
+	    set_port(skb, in4 + 2, in.t.dport, nv.sport, icsum, 0) < 0)
+		return TC_ACT_SHOT;
+	if (!p->v6) {
+		if (bpf_skb_load_bytes(skb, in3 + IP4_CSUM, &in_csum_new, 2) < 0 ||
+		    bpf_l4_csum_replace(skb, icsum, in_csum_old, in_csum_new, 2) < 0)
+			return TC_ACT_SHOT;
+	}
+	/* The inner TCP/UDP checksum is left: receivers match errors by ports and never check it. */
+	return forward(skb, p, nv.daddr, osrc);
+}
+
+/* ---- entry points ---- */
+
+/*
+ * external: the device faces the outside, so new connections are load-balanced here; on other
+ * devices (pods') only packets of flows that exist are translated. redirect: translated packets
+ * are forwarded by the program (ingress); on egress they just go on.
+ */
+static __always_inline int handle(struct __sk_buff *skb, int external, int redirect)
+{
+	struct pkt p = {.l3 = ETH_HLEN};
+	struct ct_val *v;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP))
+		p.v6 = 0;
+	else if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		p.v6 = 1;
+	else
+		return TC_ACT_OK;
+	if (!parse_ip(skb, &p))
+		return TC_ACT_OK;
+	if ((!p.v6 && p.proto == IPPROTO_ICMP) || (p.v6 && p.proto == IPPROTO_ICMPV6))
+		return redirect ? icmp_error(skb, &p) : TC_ACT_OK;
+	if (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP)
+		return TC_ACT_OK;
+	if (!load_ports(skb, p.l4, &p.t))
+		return TC_ACT_OK;
+	p.t.proto = p.proto;
+	v = bpf_map_lookup_elem(&ct, &p.t);
+	if (v && !(external && stale(v))) {
+		struct ct_val nv = *v;
+
+		if (nat_l4(skb, &p, &nv) < 0)
+			return TC_ACT_SHOT;
+		return redirect ? forward(skb, &p, nv.daddr, nv.saddr) : TC_ACT_OK;
+	}
+	if (!external || !redirect)
+		return TC_ACT_OK;
+	return new_flow(skb, &p);
+}
+
+/* Ingress of the devices that face the outside (the node addresses' devices, or --devices). */
+SEC("tc")
+int ext_ingress(struct __sk_buff *skb) { return handle(skb, 1, 1); }
+
+/* Egress of those devices: replies the stack routed itself (a backend on the node's network). */
+SEC("tc")
+int ext_egress(struct __sk_buff *skb) { return handle(skb, 0, 0); }
+
+/* Ingress of every other device (pods' veths): replies of backends on this node. */
+SEC("tc")
+int pod_ingress(struct __sk_buff *skb) { return handle(skb, 0, 1); }
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -1,0 +1,280 @@
+package bpf
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/switchyard/switchyard/dataplane"
+)
+
+// The tc programs on crafted packets (BPF_PROG_TEST_RUN), run in the node
+// namespace of a topology so bpf_fib_lookup sees the node's routes: DNAT, SNAT,
+// reverse NAT, checksums, ICMP errors, REJECT and source ranges.
+
+const (
+	tcOK       = 0
+	tcShot     = 2
+	tcRedirect = 7
+)
+
+const (
+	nodeIP4    = "192.168.0.2"
+	nodeIP6    = "2001:db8::2"
+	client4    = "203.0.113.10:40000"
+	client6    = "[2001:db8:1::10]:40000"
+	npTCP      = "192.168.0.2:30080"
+	npUDP      = "192.168.0.2:30053"
+	npReject   = "192.168.0.2:30099"
+	npTCP6     = "[2001:db8::2]:30080"
+	npReject6  = "[2001:db8::2]:30099"
+	lbRanges   = "192.0.2.50:80"
+	notService = "192.168.0.2:22"
+)
+
+type natEnv struct {
+	objs *Objects
+	ns   string
+}
+
+func newNATEnv(t *testing.T) *natEnv {
+	t.Helper()
+	topo := support.Build(t, scenario())
+	objs, err := Load(LoadOptions{MaxServices: 1024, MaxBackends: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := objs.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	w := NewWriter(NewKernelMap[sockSvcKey, sockSvcVal](objs.Services), NewKernelMap[uint32, sockBackend](objs.Backends),
+		NewKernelMap[tcRangeKey, uint8](objs.TC.SourceRanges))
+	if err := w.Sync(tcState(), nil); err != nil {
+		t.Fatal(err)
+	}
+	nat := &natConfig{snat: NewKernelMap[uint32, tcSnatAddr](objs.TC.SNATAddrs), cidrs: NewKernelMap[tcCidrKey, uint8](objs.TC.ClusterCIDRs)}
+	if err := nat.setNodeIPs([]netip.Addr{netip.MustParseAddr(nodeIP4), netip.MustParseAddr(nodeIP6)}, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := nat.setClusterCIDRs([]netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}); err != nil {
+		t.Fatal(err)
+	}
+	return &natEnv{objs: objs, ns: topo.NodeNS()}
+}
+
+// tcState: the frontends of the tests, with their Outside routes.
+func tcState() *dataplane.State {
+	st := dataplane.NewState()
+	add := func(fe, proto string, r dataplane.Route, ranges ...string) {
+		ap := netip.MustParseAddrPort(fe)
+		f := &dataplane.FrontendState{
+			Frontend: dataplane.Frontend{FrontendKey: dataplane.FrontendKey{Addr: ap.Addr(), Port: ap.Port(), Protocol: dataplane.Protocol(proto)}, Type: dataplane.NodePort},
+			Service:  dataplane.ServicePort{ServiceName: dataplane.ServiceName{Namespace: "ns", Name: fe}, Protocol: dataplane.Protocol(proto)},
+			Outside:  r,
+		}
+		for _, p := range ranges {
+			f.SourceRanges = append(f.SourceRanges, netip.MustParsePrefix(p))
+		}
+		st.Frontends[f.FrontendKey] = f
+	}
+	masq := func(backends ...string) dataplane.Route {
+		r := dataplane.Route{Masquerade: true}
+		for _, b := range backends {
+			r.Backends = append(r.Backends, ep(b))
+		}
+		return r
+	}
+	add(npTCP, "TCP", masq(pod1TCP))
+	add(npUDP, "UDP", masq(pod1UDP))
+	add(npReject, "TCP", dataplane.Route{Verdict: dataplane.Reject})
+	add(npReject, "UDP", dataplane.Route{Verdict: dataplane.Reject})
+	add(npTCP6, "TCP", masq(pod6TCP))
+	add(npReject6, "TCP", dataplane.Route{Verdict: dataplane.Reject})
+	add(lbRanges, "TCP", dataplane.Route{Backends: []dataplane.Endpoint{ep(pod2TCP)}}, "203.0.113.0/24")
+	return st
+}
+
+// run passes one frame through prog in the node namespace.
+func (e *natEnv) run(t *testing.T, prog *ebpf.Program, in pkt) (uint32, seen) {
+	t.Helper()
+	var ret uint32
+	out := make([]byte, 1600)
+	err := inNetns(e.ns, func() error {
+		opts := &ebpf.RunOptions{Data: in.frame(), DataOut: out}
+		var err error
+		ret, err = prog.Run(opts)
+		out = opts.DataOut
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := parseFrame(out)
+	if err != nil {
+		t.Errorf("%s: the program's output: %v", in.describe(), err)
+	}
+	return ret, s
+}
+
+func (p pkt) describe() string {
+	return seen{src: p.src, dst: p.dst, proto: p.proto, icmpType: p.icmpType, icmpCode: p.icmpCode}.String()
+}
+
+func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+func tcp(src, dst string) pkt {
+	return pkt{src: ap(src), dst: ap(dst), proto: protoTCP, tcpFlags: tcpSYN, payload: []byte("hello")}
+}
+
+func udp(src, dst string) pkt {
+	return pkt{src: ap(src), dst: ap(dst), proto: protoUDP, payload: []byte("hello")}
+}
+
+// icmpErr is an ICMP error from src to dst about the packet about.
+func icmpErr(src, dst string, typ, code uint8, about pkt) pkt {
+	proto := uint8(protoICMP)
+	if netip.MustParseAddr(src).Is6() {
+		proto = protoICMPv6
+	}
+	quote := about.ipBytes()
+	quote = quote[:min(len(quote), 48)] // routers quote at least the headers and 8 bytes
+	return pkt{src: netip.AddrPortFrom(netip.MustParseAddr(src), 0), dst: netip.AddrPortFrom(netip.MustParseAddr(dst), 0),
+		proto: proto, icmpType: typ, icmpCode: code, inner: quote}
+}
+
+func want(t *testing.T, what string, got seen, ret uint32, wantRet uint32, wantPkt string) {
+	t.Helper()
+	if ret != wantRet || got.String() != wantPkt {
+		t.Errorf("%s:\n got %d %s\nwant %d %s", what, ret, got, wantRet, wantPkt)
+	}
+}
+
+func snatPort(t *testing.T, s seen) uint16 {
+	t.Helper()
+	if p := s.src.Port(); p < 61000 {
+		t.Errorf("SNAT port %d is not above the ephemeral range", p)
+	}
+	return s.src.Port()
+}
+
+func TestTCNodePortTCP(t *testing.T) {
+	e := newNATEnv(t)
+	p := e.objs.TC
+	ret, fwd := e.run(t, p.ExtIngress, tcp(client4, npTCP))
+	port := snatPort(t, fwd)
+	want(t, "DNAT and SNAT", fwd, ret, tcRedirect, fmt.Sprintf("6 %s:%d -> %s", nodeIP4, port, pod1TCP))
+	if fwd.ttl != 63 {
+		t.Errorf("forwarded with TTL %d, want 63", fwd.ttl)
+	}
+	// The next packet of the flow gets the same translation.
+	ret, again := e.run(t, p.ExtIngress, tcp(client4, npTCP))
+	want(t, "the flow's next packet", again, ret, tcRedirect, fwd.String())
+
+	reply := pkt{src: ap(pod1TCP), dst: netip.AddrPortFrom(netip.MustParseAddr(nodeIP4), port), proto: protoTCP, tcpFlags: tcpSYN | tcpACK}
+	ret, back := e.run(t, p.PodIngress, reply)
+	want(t, "reverse NAT of the backend's reply", back, ret, tcRedirect, "6 "+npTCP+" -> "+client4)
+
+	// Another client gets its own source port.
+	ret, other := e.run(t, p.ExtIngress, tcp("203.0.113.11:40000", npTCP))
+	if snatPort(t, other) == port {
+		t.Errorf("two flows share SNAT port %d", port)
+	}
+	_ = ret
+}
+
+func TestTCNodePortIPv6(t *testing.T) {
+	e := newNATEnv(t)
+	p := e.objs.TC
+	ret, fwd := e.run(t, p.ExtIngress, tcp(client6, npTCP6))
+	port := snatPort(t, fwd)
+	want(t, "IPv6 DNAT and SNAT", fwd, ret, tcRedirect, fmt.Sprintf("6 [%s]:%d -> %s", nodeIP6, port, pod6TCP))
+	reply := pkt{src: ap(pod6TCP), dst: netip.AddrPortFrom(netip.MustParseAddr(nodeIP6), port), proto: protoTCP, tcpFlags: tcpSYN | tcpACK}
+	ret, back := e.run(t, p.PodIngress, reply)
+	want(t, "IPv6 reverse NAT", back, ret, tcRedirect, "6 "+npTCP6+" -> "+client6)
+}
+
+// A UDP backend's "port unreachable" reaches the client about the packet it
+// sent (to the NodePort), and a router's "fragmentation needed" about a reply
+// reaches the backend about the packet it sent.
+func TestTCICMPErrors(t *testing.T) {
+	e := newNATEnv(t)
+	p := e.objs.TC
+	_, fwd := e.run(t, p.ExtIngress, udp(client4, npUDP))
+	sent := pkt{src: fwd.src, dst: fwd.dst, proto: protoUDP, payload: []byte("hello")}
+	ret, got := e.run(t, p.PodIngress, icmpErr("10.0.1.1", nodeIP4, 3, 3, sent))
+	want(t, "port unreachable from the backend", got, ret, tcRedirect,
+		fmt.Sprintf("1 %s:0 -> %s:0 icmp 3/3 about [17 %s -> %s]", nodeIP4, ap(client4).Addr(), client4, npUDP))
+
+	_, tfwd := e.run(t, p.ExtIngress, tcp(client4, npTCP))
+	replyOut := pkt{src: ap(npTCP), dst: ap(client4), proto: protoTCP, tcpFlags: tcpACK}
+	ret, got = e.run(t, p.ExtIngress, icmpErr("198.51.100.1", nodeIP4, 3, 4, replyOut))
+	want(t, "fragmentation needed from a router", got, ret, tcRedirect,
+		fmt.Sprintf("1 198.51.100.1:0 -> 10.0.1.1:0 icmp 3/4 about [6 %s -> %s]", pod1TCP, tfwd.src))
+
+	// IPv6: packet too big.
+	_, f6 := e.run(t, p.ExtIngress, tcp(client6, npTCP6))
+	reply6 := pkt{src: ap(npTCP6), dst: ap(client6), proto: protoTCP, tcpFlags: tcpACK}
+	ret, got = e.run(t, p.ExtIngress, icmpErr("2001:db8:ff::1", nodeIP6, 2, 0, reply6))
+	want(t, "IPv6 packet too big", got, ret, tcRedirect,
+		fmt.Sprintf("58 [2001:db8:ff::1]:0 -> [fd00:10::1]:0 icmp 2/0 about [6 %s -> %s]", pod6TCP, f6.src))
+}
+
+func TestTCReject(t *testing.T) {
+	e := newNATEnv(t)
+	p := e.objs.TC
+	for _, c := range []struct {
+		in   pkt
+		want string
+	}{
+		{tcp(client4, npReject), fmt.Sprintf("1 %s:0 -> %s:0 icmp 3/3 about [6 %s -> %s]", nodeIP4, ap(client4).Addr(), client4, npReject)},
+		{udp(client4, npReject), fmt.Sprintf("1 %s:0 -> %s:0 icmp 3/3 about [17 %s -> %s]", nodeIP4, ap(client4).Addr(), client4, npReject)},
+		{tcp(client6, npReject6), fmt.Sprintf("58 [%s]:0 -> [2001:db8:1::10]:0 icmp 1/4 about [6 %s -> %s]", nodeIP6, client6, npReject6)},
+	} {
+		ret, got := e.run(t, p.ExtIngress, c.in)
+		want(t, "REJECT of "+c.in.describe(), got, ret, tcRedirect, c.want)
+		if string(got.dstMAC) != string(macA) {
+			t.Errorf("the refusal goes to MAC %x, want the sender's %x", got.dstMAC, macA)
+		}
+		// A checksum offload completing the quoted header's checksum (sum from that
+		// header to the end of the packet) must leave it, and so the ICMP checksum, as it is.
+		if q := got.inner; q != nil {
+			at := 16
+			if q.proto == protoUDP {
+				at = 6
+			}
+			if field, done := binary.BigEndian.Uint16(q.l4[at:]), fold(csum(0, q.l4)); field != done {
+				t.Errorf("%s: quoted checksum %#x would be completed to %#x", c.in.describe(), field, done)
+			}
+		}
+	}
+}
+
+func TestTCSourceRanges(t *testing.T) {
+	e := newNATEnv(t)
+	p := e.objs.TC
+	ret, _ := e.run(t, p.ExtIngress, tcp("198.51.100.20:40000", lbRanges))
+	if ret != tcShot {
+		t.Errorf("a source outside the ranges: %d, want DROP (%d)", ret, tcShot)
+	}
+	ret, got := e.run(t, p.ExtIngress, tcp(client4, lbRanges))
+	want(t, "a source inside the ranges, no masquerade", got, ret, tcRedirect, "6 "+client4+" -> "+pod2TCP)
+}
+
+// What is not a service passes untouched, and egress never starts a flow.
+func TestTCLeavesOtherTrafficAlone(t *testing.T) {
+	e := newNATEnv(t)
+	p := e.objs.TC
+	for _, in := range []pkt{tcp(client4, notService), udp(client6, "[2001:db8::2]:53")} {
+		ret, got := e.run(t, p.ExtIngress, in)
+		want(t, "not a service", got, ret, tcOK, in.describe())
+	}
+	ret, got := e.run(t, p.ExtEgress, tcp(client4, npTCP))
+	want(t, "egress", got, ret, tcOK, tcp(client4, npTCP).describe())
+	ret, got = e.run(t, p.PodIngress, tcp("10.0.1.1:1234", npTCP))
+	want(t, "a pod's packet", got, ret, tcOK, tcp("10.0.1.1:1234", npTCP).describe())
+}
