@@ -83,8 +83,10 @@ func NewBackend(cfg Config) (*Backend, error) {
 			NewKernelMap[tcRangeKey, uint8](objs.TC.SourceRanges)),
 	}
 	if cfg.Metrics != nil {
-		if err := cfg.Metrics.Register(b.pressure()); err != nil {
-			return nil, errors.Join(err, b.Close())
+		for _, c := range []prometheus.Collector{b.pressure(), eventsCollector(objs.TC.Events)} {
+			if err := cfg.Metrics.Register(c); err != nil {
+				return nil, errors.Join(err, b.Close())
+			}
 		}
 	}
 	if err := b.watchDevices(); err != nil {

@@ -53,7 +53,7 @@ func TestBackendServesExternalClients(t *testing.T) {
 		t.Fatal(err)
 	}
 	client := topo.ExternalNS("203.0.113.10")
-	res, err := topo.Probe(ctx, client, "tcp", npTCP, topology.ProbeOptions{N: 12, Timeout: 2 * time.Second})
+	res, err := topo.Probe(ctx, client, "tcp", npTCP, topology.ProbeOptions{N: 24, Timeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

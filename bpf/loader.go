@@ -35,10 +35,11 @@ const (
 	mapSourceRanges   = "source_ranges"
 	mapClusterCIDRs   = "cluster_cidrs"
 	mapSNATAddrs      = "snat_addrs"
+	mapTCEvents       = "lb_events"
 )
 
 var mapNames = []string{mapServices, mapBackends, mapRevNAT, mapAffinity,
-	mapCT, mapClientAffinity, mapSourceRanges, mapClusterCIDRs, mapSNATAddrs}
+	mapCT, mapClientAffinity, mapSourceRanges, mapClusterCIDRs, mapSNATAddrs, mapTCEvents}
 
 // LoadOptions configure Load.
 type LoadOptions struct {
@@ -77,12 +78,13 @@ type tcOwn struct {
 	SourceRanges   *ebpf.Map     `ebpf:"source_ranges"`   // tcRangeKey -> uint8 (LPM)
 	ClusterCIDRs   *ebpf.Map     `ebpf:"cluster_cidrs"`   // tcCidrKey -> uint8 (LPM)
 	SNATAddrs      *ebpf.Map     `ebpf:"snat_addrs"`      // 0: IPv4, 1: IPv6 -> tcSnatAddr
+	Events         *ebpf.Map     `ebpf:"lb_events"`       // per-CPU counters, see TCEvents
 }
 
 func (t *tcOwn) close() error {
 	var errs []error
 	for _, c := range []interface{ Close() error }{t.ExtIngress, t.ExtEgress, t.PodIngress,
-		t.CT, t.ClientAffinity, t.SourceRanges, t.ClusterCIDRs, t.SNATAddrs} {
+		t.CT, t.ClientAffinity, t.SourceRanges, t.ClusterCIDRs, t.SNATAddrs, t.Events} {
 		errs = append(errs, c.Close()) // nil-safe: Load may have failed half-way
 	}
 	return errors.Join(errs...)

@@ -42,7 +42,24 @@
 #define IP6_SADDR 8
 #define IP6_DADDR 24
 
-#define CT_F_REPLY 1
+/* ct_val.flags. A flow's state lives in its forward entry; its reply entry only rewrites. */
+#define CT_F_REPLY 1      /* a reply entry */
+#define CT_F_SEEN_REPLY 2 /* a reply came back */
+#define CT_F_FIN_FWD 4
+#define CT_F_FIN_REV 8
+#define CT_F_CLOSED 16 /* RST, or FIN both ways */
+
+/* How long a flow lives without packets: conntrack's values, with kube-proxy's established TCP. */
+#define CT_SYN_NS (60 * NSEC_PER_SEC)
+#define CT_TCP_NS (86400 * NSEC_PER_SEC)
+#define CT_CLOSED_NS (10 * NSEC_PER_SEC)
+#define CT_UDP_NS (30 * NSEC_PER_SEC)
+#define CT_UDP_STREAM_NS (120 * NSEC_PER_SEC)
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
 
 /* SNAT source ports: above the kernel's default ephemeral range (32768-60999), so a masqueraded
  * flow never takes the tuple of a connection the node opened itself. */
@@ -68,7 +85,8 @@ struct ct_val {
 	__u16 dport;
 	__u32 backend_id; /* forward entries: the backend, checked on use */
 	__u8 flags;
-	__u8 pad[7];
+	__u8 pad[3];
+	__u64 expires; /* forward entries: bpf_ktime_get_ns() after which the flow is gone */
 };
 
 struct client_affinity_key {
@@ -134,12 +152,49 @@ struct {
 	__type(value, struct snat_addr);
 } snat_addrs SEC(".maps");
 
+/* Counters by event, for switchyard_bpf_tc_events_total: a drop or refusal here is otherwise
+ * invisible. Keep in sync with tcEvents in bpf/tcstats.go. */
+enum {
+	EV_NEW_FLOW,
+	EV_REOPEN,
+	EV_REJECT,
+	EV_DROP_POLICY,
+	EV_DROP_RANGES,
+	EV_DROP_NO_PORT,
+	EV_TO_STACK,
+	EV_ERROR,
+	EV_MAX,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EV_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} lb_events SEC(".maps");
+
+static __always_inline void count(__u32 ev)
+{
+	__u64 *n = bpf_map_lookup_elem(&lb_events, &ev);
+
+	if (n)
+		*n += 1;
+}
+
+/* A packet the program cannot rewrite after all: dropped, and counted. */
+static __always_inline int fail_shot(void)
+{
+	count(EV_ERROR);
+	return TC_ACT_SHOT;
+}
+
 /* A parsed packet: where its headers are and its tuple. */
 struct pkt {
 	int v6;
 	__u32 l3; /* offset of the IP header */
 	__u32 l4; /* offset of the TCP/UDP/ICMP header */
 	__u8 proto;
+	__u8 tcp_flags;
 	struct ct_key t;
 };
 
@@ -328,14 +383,18 @@ static __always_inline int forward(struct __sk_buff *skb, const struct pkt *p, c
 		__builtin_memcpy(&fib.ipv4_dst, daddr + 12, 4);
 	}
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
+		count(EV_TO_STACK);
 		return TC_ACT_OK;
-	if (dec_ttl(skb, p) < 0)
+	}
+	if (dec_ttl(skb, p) < 0) {
+		count(EV_TO_STACK);
 		return TC_ACT_OK; /* the stack sends "time exceeded" */
+	}
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
 		if (bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0) < 0 ||
 		    bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0) < 0)
-			return TC_ACT_SHOT;
+			return fail_shot();
 		return bpf_redirect(fib.ifindex, 0);
 	}
 	if (p->v6) {
@@ -420,7 +479,7 @@ static __always_inline int reject4(struct __sk_buff *skb, const struct pkt *p)
 
 	if ((tcp && bpf_skb_load_bytes(skb, p->l3, r.inner, IP4_HLEN + 20) < 0) ||
 	    (!tcp && bpf_skb_load_bytes(skb, p->l3, r.inner, IP4_HLEN + 8) < 0))
-		return TC_ACT_SHOT;
+		return fail_shot();
 	if (tcp)
 		quote_fixpoint(r.inner + IP4_HLEN, 20, 16);
 	else
@@ -439,10 +498,10 @@ static __always_inline int reject4(struct __sk_buff *skb, const struct pkt *p)
 	r.icsum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r.type, sizeof(r) - IP4_HLEN, 0));
 	if (bpf_skb_change_tail(skb, p->l3 + quote, 0) < 0 ||
 	    bpf_skb_adjust_room(skb, IP4_HLEN + 8, BPF_ADJ_ROOM_MAC, 0) < 0)
-		return TC_ACT_SHOT;
+		return fail_shot();
 	if ((tcp && bpf_skb_store_bytes(skb, p->l3, &r, sizeof(r), 0) < 0) ||
 	    (!tcp && bpf_skb_store_bytes(skb, p->l3, &r, sizeof(r) - 12, 0) < 0) || swap_macs(skb) < 0)
-		return TC_ACT_SHOT;
+		return fail_shot();
 	return bpf_redirect(skb->ifindex, 0);
 }
 
@@ -470,7 +529,7 @@ static __always_inline int reject6(struct __sk_buff *skb, const struct pkt *p)
 
 	if ((tcp && bpf_skb_load_bytes(skb, p->l3, r.inner, IP6_HLEN + 20) < 0) ||
 	    (!tcp && bpf_skb_load_bytes(skb, p->l3, r.inner, IP6_HLEN + 8) < 0))
-		return TC_ACT_SHOT;
+		return fail_shot();
 	if (tcp)
 		quote_fixpoint(r.inner + IP6_HLEN, 20, 16);
 	else
@@ -491,15 +550,16 @@ static __always_inline int reject6(struct __sk_buff *skb, const struct pkt *p)
 	r.icsum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r.type, sizeof(r) - IP6_HLEN, sum));
 	if (bpf_skb_change_tail(skb, p->l3 + quote, 0) < 0 ||
 	    bpf_skb_adjust_room(skb, IP6_HLEN + 8, BPF_ADJ_ROOM_MAC, 0) < 0)
-		return TC_ACT_SHOT;
+		return fail_shot();
 	if ((tcp && bpf_skb_store_bytes(skb, p->l3, &r, sizeof(r), 0) < 0) ||
 	    (!tcp && bpf_skb_store_bytes(skb, p->l3, &r, sizeof(r) - 12, 0) < 0) || swap_macs(skb) < 0)
-		return TC_ACT_SHOT;
+		return fail_shot();
 	return bpf_redirect(skb->ifindex, 0);
 }
 
 static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p)
 {
+	count(EV_REJECT);
 	return p->v6 ? reject6(skb, p) : reject4(skb, p);
 }
 
@@ -521,15 +581,89 @@ static __always_inline int in_ranges(__u32 svc_id, const __u8 addr[16])
 	return bpf_map_lookup_elem(&source_ranges, &k) != 0;
 }
 
+/* ---- flows ---- */
+
+/* The forward entry a reply entry belongs to: the reply's rewrite turned around. */
+static __always_inline struct ct_val *flow_of(const struct ct_val *rv, __u8 proto)
+{
+	struct ct_key fk = {};
+
+	__builtin_memcpy(fk.saddr, rv->daddr, 16);
+	__builtin_memcpy(fk.daddr, rv->saddr, 16);
+	fk.sport = rv->dport;
+	fk.dport = rv->sport;
+	fk.proto = proto;
+	return bpf_map_lookup_elem(&ct, &fk);
+}
+
+/* The flow f still owns the reply tuple rk (and was not reopened with another one). */
+static __always_inline int owns(const struct ct_val *f, const struct ct_key *rk)
+{
+	return addr_eq(f->daddr, rk->saddr) && f->dport == rk->sport && addr_eq(f->saddr, rk->daddr) &&
+	       f->sport == rk->dport;
+}
+
+static __always_inline int alive(const struct ct_val *f, __u64 now)
+{
+	return (__s64)(f->expires - now) > 0;
+}
+
+/* Follows a packet of flow f (reply: from the backend) through TCP's states. */
+static __always_inline void track(struct ct_val *f, const struct pkt *p, int reply, __u64 now)
+{
+	__u8 fl = f->flags;
+	__u64 life, want;
+
+	if (reply)
+		fl |= CT_F_SEEN_REPLY;
+	if (p->proto == IPPROTO_TCP) {
+		if (p->tcp_flags & TCP_RST)
+			fl |= CT_F_CLOSED;
+		if (p->tcp_flags & TCP_FIN)
+			fl |= reply ? CT_F_FIN_REV : CT_F_FIN_FWD;
+		if ((fl & CT_F_FIN_FWD) && (fl & CT_F_FIN_REV))
+			fl |= CT_F_CLOSED;
+		life = (fl & CT_F_CLOSED) ? CT_CLOSED_NS : (fl & CT_F_SEEN_REPLY) ? CT_TCP_NS : CT_SYN_NS;
+	} else {
+		life = (fl & CT_F_SEEN_REPLY) ? CT_UDP_STREAM_NS : CT_UDP_NS;
+	}
+	if (fl != f->flags)
+		f->flags = fl;
+	/* Writing on every packet would bounce the entry between CPUs: once a second does. */
+	want = now + life;
+	if (want < f->expires || want > f->expires + NSEC_PER_SEC)
+		f->expires = want;
+}
+
+/* A SYN on a flow that closed starts a new one, as conntrack reopens a connection. */
+static __always_inline int reopens(const struct ct_val *f, const struct pkt *p)
+{
+	return p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN &&
+	       (f->flags & CT_F_CLOSED);
+}
+
 /*
- * Picks a free source port on the masquerade address for a flow to backend be: the reply entry
- * is inserted only if no other flow owns that tuple.
+ * Picks a source port on the masquerade address for a flow to the backend in rk: one no open flow
+ * holds. A port whose flow expired or closed is taken over, as the kernel's NAT reuses the tuple
+ * of a connection in TIME_WAIT: with a few thousand ports per backend, ports held for the time a
+ * closed connection lingers would run out at a few hundred new connections a second.
  */
-static __always_inline int snat_port(struct ct_key *rk, const struct ct_val *rv)
+static __always_inline int snat_port(struct ct_key *rk, const struct ct_val *rv, __u64 now)
 {
 	for (int i = 0; i < SNAT_TRIES; i++) {
+		struct ct_val *old, *f;
+
 		rk->dport = bpf_htons(SNAT_PORT_MIN + bpf_get_prandom_u32() % SNAT_PORT_SPAN);
-		if (bpf_map_update_elem(&ct, rk, rv, BPF_NOEXIST) == 0)
+		old = bpf_map_lookup_elem(&ct, rk);
+		if (!old) {
+			if (bpf_map_update_elem(&ct, rk, rv, BPF_NOEXIST) == 0)
+				return 0;
+			continue;
+		}
+		f = flow_of(old, rk->proto);
+		if (f && alive(f, now) && owns(f, rk) && !(f->flags & CT_F_CLOSED))
+			continue;
+		if (bpf_map_update_elem(&ct, rk, rv, BPF_ANY) == 0)
 			return 0;
 	}
 	return -1;
@@ -544,6 +678,7 @@ static __always_inline int open_flow(const struct pkt *p, __u32 backend_id, cons
 {
 	struct ct_key rk = {};
 	struct ct_val rv = {};
+	__u64 now = bpf_ktime_get_ns();
 
 	/* the reply: backend -> client (or node address), back to frontend -> client */
 	__builtin_memcpy(rk.saddr, be->addr, 16);
@@ -563,7 +698,7 @@ static __always_inline int open_flow(const struct pkt *p, __u32 backend_id, cons
 		if (!sa || addr_eq(sa->addr, zero))
 			return -1;
 		__builtin_memcpy(rk.daddr, sa->addr, 16);
-		if (snat_port(&rk, &rv) < 0)
+		if (snat_port(&rk, &rv, now) < 0)
 			return -1;
 	} else {
 		__builtin_memcpy(rk.daddr, p->t.saddr, 16);
@@ -577,6 +712,8 @@ static __always_inline int open_flow(const struct pkt *p, __u32 backend_id, cons
 	fv->dport = be->port;
 	fv->backend_id = backend_id;
 	fv->flags = 0;
+	fv->expires = 0;
+	track(fv, p, 0, now);
 	return bpf_map_update_elem(&ct, &p->t, fv, BPF_ANY);
 }
 
@@ -604,10 +741,14 @@ static __always_inline int new_flow(struct __sk_buff *skb, struct pkt *p)
 			return reject(skb, p);
 		return TC_ACT_OK;
 	}
-	if ((svc->flags & SVC_F_RANGES) && !in_ranges(svc->svc_id, p->t.saddr))
+	if ((svc->flags & SVC_F_RANGES) && !in_ranges(svc->svc_id, p->t.saddr)) {
+		count(EV_DROP_RANGES);
 		return TC_ACT_SHOT;
-	if (svc->flags & SVC_F_DROP)
+	}
+	if (svc->flags & SVC_F_DROP) {
+		count(EV_DROP_POLICY);
 		return TC_ACT_SHOT;
+	}
 	if ((svc->flags & SVC_F_REJECT) || !svc->count)
 		return reject(skb, p);
 	__builtin_memcpy(ak.addr, p->t.saddr, 16);
@@ -617,10 +758,13 @@ static __always_inline int new_flow(struct __sk_buff *skb, struct pkt *p)
 	be = bpf_map_lookup_elem(&backends, &backend_id);
 	if (!be || is_v4_mapped(be->addr) == p->v6)
 		return reject(skb, p); /* no backend of the packet's family */
-	if (open_flow(p, backend_id, be, svc->flags & SVC_F_MASQ, &fv) < 0)
-		return TC_ACT_SHOT; /* no source port left: like a full conntrack table */
-	if (nat_l4(skb, p, &fv) < 0)
+	if (open_flow(p, backend_id, be, svc->flags & SVC_F_MASQ, &fv) < 0) {
+		count(EV_DROP_NO_PORT); /* like a full conntrack table */
 		return TC_ACT_SHOT;
+	}
+	count(EV_NEW_FLOW);
+	if (nat_l4(skb, p, &fv) < 0)
+		return fail_shot();
 	return forward(skb, p, fv.daddr, fv.saddr);
 }
 
@@ -629,8 +773,6 @@ static __always_inline int stale(const struct ct_val *v)
 {
 	struct backend *be;
 
-	if (v->flags & CT_F_REPLY)
-		return 0;
 	be = bpf_map_lookup_elem(&backends, &v->backend_id);
 	return !be || !addr_eq(be->addr, v->daddr) || be->port != v->dport;
 }
@@ -683,19 +825,19 @@ static __always_inline int icmp_error(struct __sk_buff *skb, struct pkt *p)
 		     p->v6 ? icsum : 0, outer_flags) < 0 ||
 	    set_addr(skb, p->v6, saddr_off(p, p->l3), p->t.saddr, osrc, p->v6 ? 0 : p->l3 + IP4_CSUM,
 		     p->v6 ? icsum : 0, outer_flags) < 0)
-		return TC_ACT_SHOT;
+		return fail_shot();
 	/* The inner IPv4 header's checksum changes with its addresses, and ICMP covers both. */
 	if (!p->v6 && bpf_skb_load_bytes(skb, in3 + IP4_CSUM, &in_csum_old, 2) < 0)
-		return TC_ACT_SHOT;
+		return fail_shot();
 	if (set_addr(skb, p->v6, saddr_off(p, in3), in.t.saddr, nv.daddr, p->v6 ? 0 : in3 + IP4_CSUM, icsum, 0) < 0 ||
 	    set_addr(skb, p->v6, daddr_off(p, in3), in.t.daddr, nv.saddr, p->v6 ? 0 : in3 + IP4_CSUM, icsum, 0) < 0 ||
 	    set_port(skb, in4, in.t.sport, nv.dport, icsum, 0) < 0 ||
 	    set_port(skb, in4 + 2, in.t.dport, nv.sport, icsum, 0) < 0)
-		return TC_ACT_SHOT;
+		return fail_shot();
 	if (!p->v6) {
 		if (bpf_skb_load_bytes(skb, in3 + IP4_CSUM, &in_csum_new, 2) < 0 ||
 		    bpf_l4_csum_replace(skb, icsum, in_csum_old, in_csum_new, 2) < 0)
-			return TC_ACT_SHOT;
+			return fail_shot();
 	}
 	/* The inner TCP/UDP checksum is left: receivers match errors by ports and never check it. */
 	return forward(skb, p, nv.daddr, osrc);
@@ -711,7 +853,8 @@ static __always_inline int icmp_error(struct __sk_buff *skb, struct pkt *p)
 static __always_inline int handle(struct __sk_buff *skb, int external, int redirect)
 {
 	struct pkt p = {.l3 = ETH_HLEN};
-	struct ct_val *v;
+	struct ct_val *v, *f;
+	__u64 now;
 
 	if (skb->protocol == bpf_htons(ETH_P_IP))
 		p.v6 = 0;
@@ -727,14 +870,25 @@ static __always_inline int handle(struct __sk_buff *skb, int external, int redir
 		return TC_ACT_OK;
 	if (!load_ports(skb, p.l4, &p.t))
 		return TC_ACT_OK;
+	if (p.proto == IPPROTO_TCP && bpf_skb_load_bytes(skb, p.l4 + 13, &p.tcp_flags, 1) < 0)
+		return TC_ACT_OK;
 	p.t.proto = p.proto;
 	v = bpf_map_lookup_elem(&ct, &p.t);
-	if (v && !(external && stale(v))) {
-		struct ct_val nv = *v;
+	if (v) {
+		int reply = v->flags & CT_F_REPLY;
 
-		if (nat_l4(skb, &p, &nv) < 0)
-			return TC_ACT_SHOT;
-		return redirect ? forward(skb, &p, nv.daddr, nv.saddr) : TC_ACT_OK;
+		now = bpf_ktime_get_ns();
+		f = reply ? flow_of(v, p.proto) : v;
+		if (!reply && reopens(f, &p))
+			count(EV_REOPEN);
+		else if (f && alive(f, now) && (!reply || owns(f, &p.t)) && !(external && !reply && stale(f))) {
+			struct ct_val nv = *v;
+
+			track(f, &p, reply, now);
+			if (nat_l4(skb, &p, &nv) < 0)
+				return fail_shot();
+			return redirect ? forward(skb, &p, nv.daddr, nv.saddr) : TC_ACT_OK;
+		}
 	}
 	if (!external || !redirect)
 		return TC_ACT_OK;

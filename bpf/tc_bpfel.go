@@ -59,7 +59,9 @@ type tcCtVal struct {
 	Dport     uint16
 	BackendId uint32
 	Flags     uint8
-	Pad       [7]uint8
+	Pad       [3]uint8
+	_         [4]byte
+	Expires   uint64
 }
 
 type tcRangeKey struct {
@@ -102,6 +104,7 @@ const (
 	tcMapClientAffinity = "client_affinity"
 	tcMapClusterCidrs   = "cluster_cidrs"
 	tcMapCt             = "ct"
+	tcMapLbEvents       = "lb_events"
 	tcMapServices       = "services"
 	tcMapSnatAddrs      = "snat_addrs"
 	tcMapSourceRanges   = "source_ranges"
@@ -165,6 +168,7 @@ type tcMapSpecs struct {
 	ClientAffinity *ebpf.MapSpec `ebpf:"client_affinity"`
 	ClusterCidrs   *ebpf.MapSpec `ebpf:"cluster_cidrs"`
 	Ct             *ebpf.MapSpec `ebpf:"ct"`
+	LbEvents       *ebpf.MapSpec `ebpf:"lb_events"`
 	Services       *ebpf.MapSpec `ebpf:"services"`
 	SnatAddrs      *ebpf.MapSpec `ebpf:"snat_addrs"`
 	SourceRanges   *ebpf.MapSpec `ebpf:"source_ranges"`
@@ -200,6 +204,7 @@ type tcMaps struct {
 	ClientAffinity *ebpf.Map `ebpf:"client_affinity"`
 	ClusterCidrs   *ebpf.Map `ebpf:"cluster_cidrs"`
 	Ct             *ebpf.Map `ebpf:"ct"`
+	LbEvents       *ebpf.Map `ebpf:"lb_events"`
 	Services       *ebpf.Map `ebpf:"services"`
 	SnatAddrs      *ebpf.Map `ebpf:"snat_addrs"`
 	SourceRanges   *ebpf.Map `ebpf:"source_ranges"`
@@ -211,6 +216,7 @@ func (m *tcMaps) Close() error {
 		m.ClientAffinity,
 		m.ClusterCidrs,
 		m.Ct,
+		m.LbEvents,
 		m.Services,
 		m.SnatAddrs,
 		m.SourceRanges,

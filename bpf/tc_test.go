@@ -278,3 +278,31 @@ func TestTCLeavesOtherTrafficAlone(t *testing.T) {
 	ret, got = e.run(t, p.PodIngress, tcp("10.0.1.1:1234", npTCP))
 	want(t, "a pod's packet", got, ret, tcOK, tcp("10.0.1.1:1234", npTCP).describe())
 }
+
+// A connection that closed (FIN both ways) is started over by a SYN on the same
+// tuple, as conntrack reopens one, and the counters say so.
+func TestTCClosedFlowReopens(t *testing.T) {
+	e := newNATEnv(t)
+	p := e.objs.TC
+	syn := tcp(client4, npTCP)
+	_, fwd := e.run(t, p.ExtIngress, syn)
+	port := snatPort(t, fwd)
+	fin := syn
+	fin.tcpFlags = tcpACK | 0x01
+	ret, got := e.run(t, p.ExtIngress, fin)
+	want(t, "the client's FIN", got, ret, tcRedirect, fwd.String())
+	backFin := pkt{src: ap(pod1TCP), dst: netip.AddrPortFrom(netip.MustParseAddr(nodeIP4), port), proto: protoTCP, tcpFlags: tcpACK | 0x01}
+	ret, got = e.run(t, p.PodIngress, backFin)
+	want(t, "the backend's FIN", got, ret, tcRedirect, "6 "+npTCP+" -> "+client4)
+	ret, _ = e.run(t, p.ExtIngress, syn)
+	if ret != tcRedirect {
+		t.Errorf("a new SYN on the closed tuple: %d", ret)
+	}
+	evs, err := TCEvents(p.Events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if evs["new_flow"] != 2 || evs["reopen"] != 1 {
+		t.Errorf("events %v, want 2 new flows and 1 reopen", evs)
+	}
+}

@@ -1,0 +1,54 @@
+package bpf
+
+import (
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// tcEvents name the lb_events counters of tc.c, in its order.
+var tcEvents = [...]string{
+	"new_flow",          // a connection from outside load-balanced
+	"reopen",            // a SYN on a closed flow's tuple: started over
+	"reject",            // refused with ICMP port unreachable (no endpoints, unserved port)
+	"drop_policy",       // dropped: a Local policy without local endpoints
+	"drop_source_range", // dropped: not in loadBalancerSourceRanges
+	"drop_no_snat_port", // dropped: no free masquerade port towards the backend
+	"to_stack",          // translated, but left to the kernel's routing (no FIB result here)
+	"error",             // dropped: the packet could not be rewritten
+}
+
+// TCEvents sums the per-CPU counters.
+func TCEvents(m *ebpf.Map) (map[string]uint64, error) {
+	out := make(map[string]uint64, len(tcEvents))
+	for i, name := range tcEvents {
+		var perCPU []uint64
+		if err := m.Lookup(uint32(i), &perCPU); err != nil {
+			return nil, fmt.Errorf("lb_events %s: %w", name, err)
+		}
+		var n uint64
+		for _, v := range perCPU {
+			n += v
+		}
+		out[name] = n
+	}
+	return out, nil
+}
+
+// eventsCollector exports the counters as switchyard_bpf_tc_events_total.
+func eventsCollector(m *ebpf.Map) prometheus.Collector {
+	desc := prometheus.NewDesc("switchyard_bpf_tc_events_total",
+		"Packets from outside the node by what the tc programs did with them (new flows, refusals, drops and why)",
+		[]string{"event"}, nil)
+	return collectorFunc{desc, func(ch chan<- prometheus.Metric) {
+		evs, err := TCEvents(m)
+		if err != nil {
+			ch <- prometheus.NewInvalidMetric(desc, err)
+			return
+		}
+		for _, name := range tcEvents {
+			ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(evs[name]), name)
+		}
+	}}
+}
