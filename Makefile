@@ -4,7 +4,7 @@ BIN     := bin/switchyard
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test unit lint generate demo bench bench-ebpf clean prereqs controlplane flows
+.PHONY: all build test unit lint generate demo bench bench-ebpf bench-nodeport clean prereqs controlplane flows
 
 all: build
 
@@ -63,6 +63,13 @@ bench:
 # cold start to programmed, one endpoint change to the kernel map, RSS.
 bench-ebpf:
 	$(GO) run ./test/cmd/bench-ebpf -services 10000 -endpoints 10 -changes 20 -json bench-ebpf.json
+
+# NodePort throughput from an external client in a simulated node (root): straight
+# to the pods, through upstream kube-proxy (nftables) and through Switchyard's eBPF
+# mode, in one run; requests per second and ratios to the direct path (median of 3).
+bench-nodeport: prereqs controlplane
+	$(GO) run ./test/cmd/bench-nodeport -targets direct,kube-proxy-nftables,switchyard-ebpf \
+		-duration 5s -workers 4 -rounds 3 -json bench-nodeport.json
 
 clean:
 	rm -rf bin

@@ -5,6 +5,7 @@ package flowrun
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -157,23 +158,7 @@ func (o Options) runCase(ctx context.Context, c flow.Case, flows []flow.Flow) (o
 	if err := topo.AssertIsolated(); err != nil {
 		return nil, err
 	}
-	objs := c.ToObjects()
-	if o.Source == "apiserver" {
-		if err := flow.Publish(ctx, o.API.Client(), objs); err != nil {
-			return nil, err
-		}
-		defer func() {
-			if uerr := flow.Unpublish(context.WithoutCancel(ctx), o.API.Client(), objs); uerr != nil && err == nil {
-				err = uerr
-			}
-		}()
-	}
-	var stop func() error
-	if strings.HasPrefix(o.Proxy, "switchyard-") {
-		stop, err = o.startSwitchyard(ctx, topo, c, objs)
-	} else {
-		stop, err = o.startKubeProxy(ctx, topo, c)
-	}
+	stop, err := o.StartProxy(ctx, topo, c)
 	if err != nil {
 		return nil, err
 	}
@@ -189,6 +174,30 @@ func (o Options) runCase(ctx context.Context, c flow.Case, flows []flow.Flow) (o
 		outcomes = append(outcomes, oc)
 	}
 	return outcomes, nil
+}
+
+// StartProxy runs o.Proxy in topo's node for case c until its first sync,
+// publishing the case's objects first when the proxy reads them from the API
+// server. stop ends the proxy and unpublishes.
+func (o Options) StartProxy(ctx context.Context, topo *topology.Topology, c flow.Case) (stop func() error, err error) {
+	objs := c.ToObjects()
+	unpublish := func() error { return nil }
+	if o.Source == "apiserver" {
+		if err := flow.Publish(ctx, o.API.Client(), objs); err != nil {
+			return nil, errors.Join(err, flow.Unpublish(context.WithoutCancel(ctx), o.API.Client(), objs))
+		}
+		unpublish = func() error { return flow.Unpublish(context.WithoutCancel(ctx), o.API.Client(), objs) }
+	}
+	var stopProxy func() error
+	if strings.HasPrefix(o.Proxy, "switchyard-") {
+		stopProxy, err = o.startSwitchyard(ctx, topo, c, objs)
+	} else {
+		stopProxy, err = o.startKubeProxy(ctx, topo, c)
+	}
+	if err != nil {
+		return nil, errors.Join(err, unpublish())
+	}
+	return func() error { return errors.Join(stopProxy(), unpublish()) }, nil
 }
 
 func closeInto(f func() error, err *error) {

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bufio"
+	"net"
 	"net/netip"
 	"reflect"
 	"testing"
@@ -34,4 +36,23 @@ func TestPktinfoRoundTrip(t *testing.T) {
 	if _, ok := pktinfoDst(nil); ok {
 		t.Error("no control message parsed as an address")
 	}
+}
+
+// The request/reply mode answers every request line with one line, and ends when the client closes.
+func TestAnswer(t *testing.T) {
+	client, server := net.Pipe()
+	done := make(chan struct{})
+	go func() { answer(server); server.Close(); close(done) }()
+	r := bufio.NewReader(client)
+	for range 3 {
+		if _, err := client.Write([]byte("request\n")); err != nil {
+			t.Fatal(err)
+		}
+		// net.Pipe's addresses are "pipe", printed as they are.
+		if line, err := r.ReadString('\n'); err != nil || line != "pipe pipe\n" {
+			t.Fatalf("reply %q, %v", line, err)
+		}
+	}
+	client.Close()
+	<-done
 }

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// worker runs requests one after another and keeps its own counts.
+type worker struct {
+	o    options
+	req  []byte
+	next int // index of the next destination
+	buf  [256]byte
+	conn net.Conn // mode persistent: the open connection, or nil
+
+	lat      []time.Duration // one per answered request
+	conns    int64
+	errs     map[string]int64
+	firstErr string
+	replies  map[string]int64 // "endpoint peer-ip" -> answers
+}
+
+func newWorker(o options, req []byte, i int) *worker {
+	return &worker{o: o, req: req, next: i % len(o.dsts), errs: map[string]int64{}, replies: map[string]int64{}}
+}
+
+func (w *worker) loop(end time.Time) {
+	for time.Now().Before(end) {
+		if w.o.mode == "conn" {
+			w.oneConn()
+		} else {
+			w.onePersistent()
+		}
+		if w.o.interval > 0 {
+			time.Sleep(min(w.o.interval, time.Until(end)))
+		}
+	}
+	if w.conn != nil {
+		w.conn.Close()
+	}
+}
+
+func (w *worker) dial() (net.Conn, error) {
+	dst := w.o.dsts[w.next]
+	w.next = (w.next + 1) % len(w.o.dsts)
+	w.conns++
+	return net.DialTimeout("tcp", dst, w.o.timeout)
+}
+
+// oneConn: connect, one request, its reply, close.
+func (w *worker) oneConn() {
+	start := time.Now()
+	c, err := w.dial()
+	if err != nil {
+		w.fail(err)
+		return
+	}
+	defer c.Close()
+	if err := w.exchange(c, start); err != nil {
+		w.fail(err)
+	}
+}
+
+// onePersistent: one request on the worker's connection, opened first if needed.
+func (w *worker) onePersistent() {
+	if w.conn == nil {
+		c, err := w.dial()
+		if err != nil {
+			w.fail(err)
+			return
+		}
+		w.conn = c
+	}
+	if err := w.exchange(w.conn, time.Now()); err != nil {
+		w.fail(err)
+		w.conn.Close()
+		w.conn = nil
+	}
+}
+
+// exchange sends the request and reads the reply line "<endpoint> <peer>".
+func (w *worker) exchange(c net.Conn, start time.Time) error {
+	if err := c.SetDeadline(start.Add(w.o.timeout)); err != nil {
+		return err
+	}
+	if _, err := c.Write(w.req); err != nil {
+		return err
+	}
+	n := 0
+	for {
+		m, err := c.Read(w.buf[n:])
+		n += m
+		if i := bytes.IndexByte(w.buf[:n], '\n'); i >= 0 {
+			d := time.Since(start)
+			if err := w.record(w.buf[:i]); err != nil {
+				return err
+			}
+			w.lat = append(w.lat, d)
+			return nil
+		}
+		switch {
+		case errors.Is(err, io.EOF):
+			return errors.New("closed without a reply")
+		case err != nil:
+			return err
+		case n == len(w.buf):
+			return fmt.Errorf("reply longer than %d bytes", n)
+		}
+	}
+}
+
+// record counts a reply by endpoint and peer address (without the peer's port).
+func (w *worker) record(line []byte) error {
+	s := string(line)
+	ep, peer, ok := strings.Cut(s, " ")
+	i := strings.LastIndexByte(peer, ':')
+	if !ok || ep == "" || i < 0 {
+		return fmt.Errorf("malformed reply %q", s)
+	}
+	w.replies[s[:len(ep)+1+i]]++
+	return nil
+}
+
+func (w *worker) fail(err error) {
+	kind := kindOf(err)
+	w.errs[kind]++
+	if w.firstErr == "" {
+		w.firstErr = kind + ": " + err.Error()
+	}
+}
+
+// kindOf classifies an error as test/cmd/probe does.
+func kindOf(err error) string {
+	var ne net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.EHOSTUNREACH),
+		errors.Is(err, syscall.ENETUNREACH):
+		return "refused"
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	}
+	return "error"
+}
