@@ -47,7 +47,7 @@
 #define CT_F_SEEN_REPLY 2 /* a reply came back */
 #define CT_F_FIN_FWD 4
 #define CT_F_FIN_REV 8
-#define CT_F_CLOSED 16 /* RST, or FIN both ways */
+#define CT_F_CLOSED 16 /* RST, or FIN both ways and the last ACK */
 
 /* How long a flow lives without packets: conntrack's values, with kube-proxy's established TCP. */
 #define CT_SYN_NS (60 * NSEC_PER_SEC)
@@ -617,11 +617,13 @@ static __always_inline void track(struct ct_val *f, const struct pkt *p, int rep
 	if (reply)
 		fl |= CT_F_SEEN_REPLY;
 	if (p->proto == IPPROTO_TCP) {
+		/* Closed: reset, or the last ACK after both FINs (TIME_WAIT). Not at the second FIN:
+		 * its ACK is still to come, and a new flow on the port would meet LAST_ACK. */
 		if (p->tcp_flags & TCP_RST)
 			fl |= CT_F_CLOSED;
 		if (p->tcp_flags & TCP_FIN)
 			fl |= reply ? CT_F_FIN_REV : CT_F_FIN_FWD;
-		if ((fl & CT_F_FIN_FWD) && (fl & CT_F_FIN_REV))
+		else if ((fl & CT_F_FIN_FWD) && (fl & CT_F_FIN_REV) && (p->tcp_flags & TCP_ACK))
 			fl |= CT_F_CLOSED;
 		life = (fl & CT_F_CLOSED) ? CT_CLOSED_NS : (fl & CT_F_SEEN_REPLY) ? CT_TCP_NS : CT_SYN_NS;
 	} else {

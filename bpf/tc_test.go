@@ -279,7 +279,7 @@ func TestTCLeavesOtherTrafficAlone(t *testing.T) {
 	want(t, "a pod's packet", got, ret, tcOK, tcp("10.0.1.1:1234", npTCP).describe())
 }
 
-// A connection that closed (FIN both ways) is started over by a SYN on the same
+// A connection that closed (FIN both ways, then the last ACK) is started over by a SYN on the same
 // tuple, as conntrack reopens one, and the counters say so.
 func TestTCClosedFlowReopens(t *testing.T) {
 	e := newNATEnv(t)
@@ -294,6 +294,10 @@ func TestTCClosedFlowReopens(t *testing.T) {
 	backFin := pkt{src: ap(pod1TCP), dst: netip.AddrPortFrom(netip.MustParseAddr(nodeIP4), port), proto: protoTCP, tcpFlags: tcpACK | 0x01}
 	ret, got = e.run(t, p.PodIngress, backFin)
 	want(t, "the backend's FIN", got, ret, tcRedirect, "6 "+npTCP+" -> "+client4)
+	lastAck := syn
+	lastAck.tcpFlags = tcpACK
+	ret, got = e.run(t, p.ExtIngress, lastAck)
+	want(t, "the last ACK", got, ret, tcRedirect, fwd.String())
 	ret, _ = e.run(t, p.ExtIngress, syn)
 	if ret != tcRedirect {
 		t.Errorf("a new SYN on the closed tuple: %d", ret)

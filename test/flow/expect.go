@@ -85,6 +85,7 @@ func Judge(f Flow, out Output, results []Result, assertMasq bool) Verdict {
 	}
 	counts := map[string]int{}
 	var seen []netip.AddrPort
+	var peers []netip.Addr // the client addresses the endpoints saw
 	var problems []string
 	src, _ := netip.ParseAddr(f.SourceIP)
 	for _, r := range results {
@@ -100,6 +101,9 @@ func Judge(f Flow, out Output, results []Result, assertMasq bool) Verdict {
 		if !slices.Contains(seen, ep) {
 			seen = append(seen, ep)
 		}
+		if peer, err := netip.ParseAddrPort(r.Peer); err == nil && !slices.Contains(peers, peer.Addr().Unmap()) {
+			peers = append(peers, peer.Addr().Unmap())
+		}
 		if assertMasq && out.Kind == Endpoints {
 			peer, err := netip.ParseAddrPort(r.Peer)
 			masq := err != nil || peer.Addr().Unmap() != src.Unmap()
@@ -109,7 +113,8 @@ func Judge(f Flow, out Output, results []Result, assertMasq bool) Verdict {
 		}
 	}
 	slices.SortFunc(seen, func(a, b netip.AddrPort) int { return a.Compare(b) })
-	got := summarize(counts, seen, problems)
+	slices.SortFunc(peers, netip.Addr.Compare)
+	got := summarize(counts, seen, peers, problems)
 	switch out.Kind {
 	case Reject:
 		return Verdict{Pass: counts["refused"] == len(results), Got: got}
@@ -125,10 +130,18 @@ func Judge(f Flow, out Output, results []Result, assertMasq bool) Verdict {
 	return Verdict{Pass: pass, Got: got}
 }
 
-func summarize(counts map[string]int, seen []netip.AddrPort, problems []string) string {
+func summarize(counts map[string]int, seen []netip.AddrPort, peers []netip.Addr, problems []string) string {
 	var parts []string
 	if len(seen) > 0 {
-		parts = append(parts, joinAddrPorts(seen))
+		s := joinAddrPorts(seen)
+		if len(peers) > 0 {
+			ps := make([]string, len(peers))
+			for i, p := range peers {
+				ps[i] = p.String()
+			}
+			s += " (from " + strings.Join(ps, ", ") + ")"
+		}
+		parts = append(parts, s)
 	}
 	for _, k := range []string{"refused", "timeout", "error"} {
 		if counts[k] > 0 {
