@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
@@ -46,8 +45,7 @@ type Backend struct {
 	destroyer SocketDestroyer
 	nat       *natConfig
 	devices   *deviceSet
-	stop      context.CancelFunc
-	watchDone chan struct{}
+	stop      context.CancelFunc // ends the device watch
 }
 
 // NewBackend loads the programs, takes over the pinned maps an earlier agent left,
@@ -96,26 +94,21 @@ func NewBackend(cfg Config) (*Backend, error) {
 }
 
 // watchDevices attaches the tc programs to devices as they appear (a new pod's
-// veth), between syncs.
+// veth), between syncs. WatchLinks subscribes in the calling thread's network
+// namespace, the one NewBackend runs in.
 func (b *Backend) watchDevices() error {
 	ctx, cancel := context.WithCancel(context.Background())
-	b.stop, b.watchDone = cancel, make(chan struct{})
 	notify := func() {
 		if err := b.devices.sync(false); err != nil {
 			klog.ErrorS(err, "Attaching the tc programs to the node's devices")
 		}
 	}
-	errc := make(chan error, 1)
-	go func() {
-		defer close(b.watchDone)
-		errc <- WatchLinks(ctx, notify)
-	}()
-	select {
-	case err := <-errc: // it could not subscribe
+	if err := WatchLinks(ctx, notify); err != nil {
+		cancel()
 		return err
-	case <-time.After(100 * time.Millisecond):
-		return nil
 	}
+	b.stop = cancel
+	return nil
 }
 
 // pressure reports how full the maps are (entries / max entries), named like
@@ -167,7 +160,6 @@ func (b *Backend) Cleanup(context.Context) error {
 func (b *Backend) Close() error {
 	if b.stop != nil {
 		b.stop()
-		<-b.watchDone
 	}
 	return errors.Join(b.devices.close(), b.objs.Close())
 }

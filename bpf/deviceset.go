@@ -26,6 +26,7 @@ type deviceSet struct {
 	mu       sync.Mutex
 	nodeIPs  []netip.Addr
 	attached map[string]Device
+	closed   bool // a link event may still arrive after close
 }
 
 // newDeviceSet works on the devices of the calling thread's network namespace.
@@ -48,6 +49,9 @@ func (d *deviceSet) setNodeIPs(ips []netip.Addr) {
 func (d *deviceSet) sync(all bool) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
 	return runInNetns(d.ns, func() error { return d.syncHere(all) })
 }
 
@@ -99,6 +103,7 @@ func (d *deviceSet) programsFor(dev Device) []TCProgram {
 func (d *deviceSet) close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.closed = true
 	return errors.Join(d.tc.Close(), d.ns.Close())
 }
 

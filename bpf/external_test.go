@@ -3,10 +3,15 @@ package bpf
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"net/netip"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 
 	"github.com/switchyard/switchyard/dataplane"
 	"github.com/switchyard/switchyard/test/topology"
@@ -17,7 +22,15 @@ import (
 // (masqueraded), a NodePort without endpoints (refused), and a pod that appears
 // after the agent started (its veth gets the reply program).
 func TestBackendServesExternalClients(t *testing.T) {
+	// Real nodes often filter by reverse path; translated packets never meet the filter.
+	for _, rp := range []int{0, 1} {
+		t.Run(fmt.Sprintf("rp_filter=%d", rp), func(t *testing.T) { serveExternal(t, rp) })
+	}
+}
+
+func serveExternal(t *testing.T, rpFilter int) {
 	sc := topology.Scenario{
+		RPFilter:   rpFilter,
 		Node:       topology.Node{Name: "node-a", IPs: []string{nodeIP4}},
 		RemoteNode: topology.Node{Name: "node-b", IPs: []string{"192.168.0.3"}},
 		Pods: []topology.Pod{
@@ -78,6 +91,41 @@ func TestBackendServesExternalClients(t *testing.T) {
 	if res[0].Result != "refused" {
 		t.Errorf("a NodePort without endpoints: %+v, want refused", res[0])
 	}
+
+	// A device that appears later (a new pod's veth) gets the reply program.
+	dev := topo.Prefix() + "nv0"
+	if _, err := topo.Run(ctx, topo.NodeNS(), "ip", "link", "add", dev, "type", "veth", "peer", "name", topo.Prefix()+"nv1"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for n := 0; n == 0; {
+		if n = attachedIngress(t, topo.NodeNS(), dev); n == 0 && time.Now().After(deadline) {
+			t.Fatalf("no tc program on %s, which appeared after the agent started", dev)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// attachedIngress counts the TCX ingress programs on a device of a namespace.
+func attachedIngress(t *testing.T, ns, dev string) int {
+	t.Helper()
+	var n int
+	err := inNetns(ns, func() error {
+		ifc, err := net.InterfaceByName(dev)
+		if err != nil {
+			return err
+		}
+		r, err := link.QueryPrograms(link.QueryOptions{Target: ifc.Index, Attach: ebpf.AttachTCXIngress})
+		if err != nil {
+			return err
+		}
+		n = len(r.Programs)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 func splitHostPort(s string) (string, string, error) {
