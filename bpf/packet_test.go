@@ -29,6 +29,7 @@ type pkt struct {
 	// ICMP errors: type, code and the packet they are about (its first bytes).
 	icmpType, icmpCode uint8
 	inner              []byte
+	noUDPCsum          bool // IPv4 UDP sent without a checksum (0)
 }
 
 func csum(sum uint32, b []byte) uint32 {
@@ -108,6 +109,9 @@ func (p pkt) l4(v6 bool) []byte {
 	c := fold(csum(s, b))
 	if c == 0 && p.proto == protoUDP {
 		c = 0xffff
+	}
+	if p.noUDPCsum {
+		c = 0
 	}
 	binary.BigEndian.PutUint16(b[csumAt:], c)
 	return b

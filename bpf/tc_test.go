@@ -310,3 +310,27 @@ func TestTCClosedFlowReopens(t *testing.T) {
 		t.Errorf("events %v, want 2 new flows and 1 reopen", evs)
 	}
 }
+
+// UDP both ways, IPv4 and IPv6; an IPv4 datagram without a checksum stays
+// without one (0 means none; a computed 0 would be sent as 0xffff).
+func TestTCUDP(t *testing.T) {
+	e := newNATEnv(t)
+	p := e.objs.TC
+	for _, c := range []struct {
+		in      pkt
+		backend string
+	}{
+		{udp(client4, npUDP), pod1UDP},
+		{pkt{src: ap("203.0.113.11:40000"), dst: ap(npUDP), proto: protoUDP, payload: []byte("x"), noUDPCsum: true}, pod1UDP},
+	} {
+		ret, fwd := e.run(t, p.ExtIngress, c.in)
+		port := snatPort(t, fwd)
+		want(t, "UDP DNAT and SNAT", fwd, ret, tcRedirect, fmt.Sprintf("17 %s:%d -> %s", nodeIP4, port, c.backend))
+		if c.in.noUDPCsum && binary.BigEndian.Uint16(fwd.l4[6:]) != 0 {
+			t.Errorf("a datagram without a checksum got one: %#x", binary.BigEndian.Uint16(fwd.l4[6:]))
+		}
+		reply := pkt{src: ap(c.backend), dst: netip.AddrPortFrom(netip.MustParseAddr(nodeIP4), port), proto: protoUDP, payload: []byte("reply")}
+		ret, back := e.run(t, p.PodIngress, reply)
+		want(t, "UDP reverse NAT", back, ret, tcRedirect, fmt.Sprintf("17 %s -> %s", npUDP, c.in.src))
+	}
+}
