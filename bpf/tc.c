@@ -457,6 +457,37 @@ static __always_inline __u32 quote_l4_len(const struct pkt *p)
 	return p->proto == IPPROTO_TCP ? 20 : 8;
 }
 
+/* Copies the IP header and the quoted transport header into inner (room for a TCP header). */
+static __always_inline int load_quote(struct __sk_buff *skb, const struct pkt *p, __u8 *inner, __u32 ip_hlen)
+{
+	if (p->proto == IPPROTO_TCP) {
+		if (bpf_skb_load_bytes(skb, p->l3, inner, ip_hlen + 20) < 0)
+			return -1;
+		quote_fixpoint(inner + ip_hlen, 20, 16);
+		return 0;
+	}
+	if (bpf_skb_load_bytes(skb, p->l3, inner, ip_hlen + 8) < 0)
+		return -1;
+	quote_fixpoint(inner + ip_hlen, 8, 6);
+	return 0;
+}
+
+/*
+ * Turns the packet into the refusal r (size bytes, of which the last 12 are unused for a UDP
+ * quote): cut it after the quote, make room for the new IP and ICMP headers, write them, and send
+ * it back out the device it came in on.
+ */
+static __always_inline int send_back(struct __sk_buff *skb, const struct pkt *p, __u32 quote, __u32 room, void *r,
+				     __u32 size, int tcp)
+{
+	if (bpf_skb_change_tail(skb, p->l3 + quote, 0) < 0 || bpf_skb_adjust_room(skb, room, BPF_ADJ_ROOM_MAC, 0) < 0)
+		return fail_shot();
+	if ((tcp && bpf_skb_store_bytes(skb, p->l3, r, size, 0) < 0) ||
+	    (!tcp && bpf_skb_store_bytes(skb, p->l3, r, size - 12, 0) < 0) || swap_macs(skb) < 0)
+		return fail_shot();
+	return bpf_redirect(skb->ifindex, 0);
+}
+
 /*
  * The packet becomes: [Ethernet back to the sender][IPv4 from the frontend][ICMP type 3 code 3]
  * [the quote], as a router's REJECT would send.
@@ -477,13 +508,8 @@ static __always_inline int reject4(struct __sk_buff *skb, const struct pkt *p)
 	int tcp = p->proto == IPPROTO_TCP;
 	__u32 quote = IP4_HLEN + quote_l4_len(p);
 
-	if ((tcp && bpf_skb_load_bytes(skb, p->l3, r.inner, IP4_HLEN + 20) < 0) ||
-	    (!tcp && bpf_skb_load_bytes(skb, p->l3, r.inner, IP4_HLEN + 8) < 0))
+	if (load_quote(skb, p, r.inner, IP4_HLEN) < 0)
 		return fail_shot();
-	if (tcp)
-		quote_fixpoint(r.inner + IP4_HLEN, 20, 16);
-	else
-		quote_fixpoint(r.inner + IP4_HLEN, 8, 6);
 	r.vihl = 0x45;
 	r.tos = 0xc0;
 	r.len = bpf_htons(IP4_HLEN + 8 + quote);
@@ -496,13 +522,7 @@ static __always_inline int reject4(struct __sk_buff *skb, const struct pkt *p)
 	r.csum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r, IP4_HLEN, 0));
 	/* a UDP quote leaves zeros at the end of inner: they add nothing to the sum */
 	r.icsum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r.type, sizeof(r) - IP4_HLEN, 0));
-	if (bpf_skb_change_tail(skb, p->l3 + quote, 0) < 0 ||
-	    bpf_skb_adjust_room(skb, IP4_HLEN + 8, BPF_ADJ_ROOM_MAC, 0) < 0)
-		return fail_shot();
-	if ((tcp && bpf_skb_store_bytes(skb, p->l3, &r, sizeof(r), 0) < 0) ||
-	    (!tcp && bpf_skb_store_bytes(skb, p->l3, &r, sizeof(r) - 12, 0) < 0) || swap_macs(skb) < 0)
-		return fail_shot();
-	return bpf_redirect(skb->ifindex, 0);
+	return send_back(skb, p, quote, IP4_HLEN + 8, &r, sizeof(r), tcp);
 }
 
 /* The same for IPv6: ICMPv6 type 1 code 4, whose checksum covers a pseudo header. */
@@ -527,13 +547,8 @@ static __always_inline int reject6(struct __sk_buff *skb, const struct pkt *p)
 	__u32 quote = IP6_HLEN + quote_l4_len(p);
 	__s64 sum;
 
-	if ((tcp && bpf_skb_load_bytes(skb, p->l3, r.inner, IP6_HLEN + 20) < 0) ||
-	    (!tcp && bpf_skb_load_bytes(skb, p->l3, r.inner, IP6_HLEN + 8) < 0))
+	if (load_quote(skb, p, r.inner, IP6_HLEN) < 0)
 		return fail_shot();
-	if (tcp)
-		quote_fixpoint(r.inner + IP6_HLEN, 20, 16);
-	else
-		quote_fixpoint(r.inner + IP6_HLEN, 8, 6);
 	r.vtcfl = bpf_htonl(0x60000000);
 	r.len = bpf_htons(8 + quote);
 	r.next = IPPROTO_ICMPV6;
@@ -548,13 +563,7 @@ static __always_inline int reject6(struct __sk_buff *skb, const struct pkt *p)
 	pseudo.next = bpf_htonl(IPPROTO_ICMPV6);
 	sum = bpf_csum_diff(0, 0, (__be32 *)&pseudo, sizeof(pseudo), 0);
 	r.icsum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r.type, sizeof(r) - IP6_HLEN, sum));
-	if (bpf_skb_change_tail(skb, p->l3 + quote, 0) < 0 ||
-	    bpf_skb_adjust_room(skb, IP6_HLEN + 8, BPF_ADJ_ROOM_MAC, 0) < 0)
-		return fail_shot();
-	if ((tcp && bpf_skb_store_bytes(skb, p->l3, &r, sizeof(r), 0) < 0) ||
-	    (!tcp && bpf_skb_store_bytes(skb, p->l3, &r, sizeof(r) - 12, 0) < 0) || swap_macs(skb) < 0)
-		return fail_shot();
-	return bpf_redirect(skb->ifindex, 0);
+	return send_back(skb, p, quote, IP6_HLEN + 8, &r, sizeof(r), tcp);
 }
 
 static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p)
