@@ -170,11 +170,12 @@ func Probe() error {
 			check(h.name+" in cgroup sock_addr programs", features.HaveProgramHelper(ebpf.CGroupSockAddr, h.fn))
 		}
 	}
+	probeTC(check)
 	if len(missing) > 0 {
 		errs = append([]error{fmt.Errorf("the kernel lacks %s", strings.Join(missing, ", "))}, errs...)
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("bpf: socket load balancing unavailable: %w", errors.Join(errs...))
+		return fmt.Errorf("bpf: the eBPF dataplane is unavailable: %w", errors.Join(errs...))
 	}
 	return nil
 }
@@ -192,4 +193,27 @@ func MountBPFFS(path string) error {
 		return fmt.Errorf("bpf: mount bpffs at %s: %w", path, err)
 	}
 	return nil
+}
+
+// probeTC checks what the tc programs (tc.c) need.
+func probeTC(check func(string, error)) {
+	tcType := features.HaveProgramType(ebpf.SchedCLS)
+	check("tc programs (BPF_PROG_TYPE_SCHED_CLS)", tcType)
+	check("LPM trie maps", features.HaveMapType(ebpf.LPMTrie))
+	check("per-CPU array maps", features.HaveMapType(ebpf.PerCPUArray))
+	if tcType != nil {
+		return
+	}
+	for _, h := range []struct {
+		name string
+		fn   asm.BuiltinFunc
+	}{
+		{"bpf_fib_lookup", asm.FnFibLookup},
+		{"bpf_redirect_neigh", asm.FnRedirectNeigh},
+		{"bpf_skb_adjust_room", asm.FnSkbAdjustRoom},
+		{"bpf_skb_change_tail", asm.FnSkbChangeTail},
+		{"bpf_csum_diff", asm.FnCsumDiff},
+	} {
+		check(h.name+" in tc programs", features.HaveProgramHelper(ebpf.SchedCLS, h.fn))
+	}
 }
