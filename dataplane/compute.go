@@ -88,6 +88,12 @@ type svcCommon struct {
 	itpLocal     bool
 }
 
+// detects reports whether family f has a local-traffic detector: kube-proxy's
+// exists only for a family with a --cluster-cidr.
+func (c *svcCommon) detects(f Family) bool {
+	return len(prefixesOfFamily(c.cfg.ClusterCIDRs, f)) > 0
+}
+
 func (c *svcCommon) problem(reason, format string, args ...any) {
 	c.st.Problems = append(c.st.Problems, Problem{Reason: reason, Message: fmt.Sprintf(format, args...)})
 }
@@ -285,13 +291,15 @@ func (c *svcCommon) internalRoutes(fs *FrontendState, cat categorized) {
 		r.Backends = nil
 	}
 	fs.Pod, fs.Host, fs.Outside = r, r, r
-	if c.itpLocal || r.Verdict != Forward {
+	if r.Verdict != Forward {
 		return
 	}
+	// Under internalTrafficPolicy Local too: kube-proxy's masquerade rules are in
+	// whichever chain the cluster IP jumps to.
 	switch {
 	case c.cfg.MasqueradeAll:
 		fs.Pod.Masquerade, fs.Host.Masquerade, fs.Outside.Masquerade = true, true, true
-	case len(c.cfg.ClusterCIDRs) > 0:
+	case c.detects(FamilyOf(fs.Addr)):
 		fs.Host.Masquerade, fs.Outside.Masquerade = true, true
 	}
 }
@@ -315,7 +323,7 @@ func (c *svcCommon) externalRoutes(fs *FrontendState, cat categorized) {
 	fs.Outside = Route{Verdict: verdict(cat.local, cat.any), Backends: cat.local}
 	fs.Host = clusterR
 	fs.Host.Masquerade = clusterR.Verdict == Forward
-	if len(c.cfg.ClusterCIDRs) > 0 {
+	if c.detects(FamilyOf(fs.Addr)) {
 		fs.Pod = clusterR
 	} else {
 		fs.Pod = fs.Outside // without a detector pods look like outside clients

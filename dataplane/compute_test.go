@@ -136,10 +136,10 @@ func TestTrafficPolicies(t *testing.T) {
 	localTerminating := []*discovery.EndpointSlice{slice("web-1", 8080, "10.1.0.1/lt", "10.1.0.2")}
 	const all = "10.1.0.1:8080(L),10.1.0.2:8080"
 	runComputeCases(t, []computeCase{{
-		name:   "internalTrafficPolicy Local narrows ClusterIP traffic to local endpoints, unmasqueraded",
+		name:   "internalTrafficPolicy Local narrows ClusterIP traffic to local endpoints, masqueraded from off the cluster",
 		svc:    svc("web", itpLocal),
 		slices: mixed,
-		want:   []string{"ClusterIP 172.30.0.1:80/TCP pod=10.1.0.1:8080(L) host=10.1.0.1:8080(L) out=10.1.0.1:8080(L)"},
+		want:   []string{"ClusterIP 172.30.0.1:80/TCP pod=10.1.0.1:8080(L) host=10.1.0.1:8080(L) +masq out=10.1.0.1:8080(L) +masq"},
 	}, {
 		name:   "internalTrafficPolicy Local with endpoints only elsewhere: DROP",
 		svc:    svc("web", itpLocal),
@@ -149,7 +149,7 @@ func TestTrafficPolicies(t *testing.T) {
 		name:   "internalTrafficPolicy Local falls back to local serving terminating endpoints",
 		svc:    svc("web", itpLocal),
 		slices: localTerminating,
-		want:   []string{"ClusterIP 172.30.0.1:80/TCP pod=10.1.0.1:8080(LT) host=10.1.0.1:8080(LT) out=10.1.0.1:8080(LT)"},
+		want:   []string{"ClusterIP 172.30.0.1:80/TCP pod=10.1.0.1:8080(LT) host=10.1.0.1:8080(LT) +masq out=10.1.0.1:8080(LT) +masq"},
 	}, {
 		name:   "externalTrafficPolicy Cluster: everyone reaches all endpoints, masqueraded",
 		svc:    svc("web", nodePort(30080)),
@@ -263,7 +263,7 @@ func TestTopologyHints(t *testing.T) {
 			s.Endpoints[0].NodeName = ptr.To("node-a")
 			return s
 		}()},
-		want: []string{"ClusterIP 172.30.0.1:80/TCP pod=10.1.0.1:8080(L) host=10.1.0.1:8080(L) out=10.1.0.1:8080(L)"},
+		want: []string{"ClusterIP 172.30.0.1:80/TCP pod=10.1.0.1:8080(L) host=10.1.0.1:8080(L) +masq out=10.1.0.1:8080(L) +masq"},
 	}})
 }
 
@@ -441,7 +441,19 @@ func TestDualStack(t *testing.T) {
 			"ClusterIP 172.30.0.1:80/TCP pod=10.1.0.1:8080 host=10.1.0.1:8080 +masq out=10.1.0.1:8080 +masq",
 			"NodePort 127.0.0.1:30080/TCP pod=10.1.0.1:8080 +masq host=10.1.0.1:8080 +masq out=10.1.0.1:8080 +masq",
 			"NodePort 192.168.0.2:30080/TCP pod=10.1.0.1:8080 +masq host=10.1.0.1:8080 +masq out=10.1.0.1:8080 +masq",
-			"ClusterIP [fd00::1]:80/TCP pod=[fd01::1]:8080 host=[fd01::1]:8080 +masq out=[fd01::1]:8080 +masq",
+			// No IPv6 cluster CIDR: no detector for IPv6, so no masquerade by source (kube-proxy's
+			// detector is per family).
+			"ClusterIP [fd00::1]:80/TCP pod=[fd01::1]:8080 host=[fd01::1]:8080 out=[fd01::1]:8080",
+			"NodePort [2001:db8::2]:30080/TCP pod=[fd01::1]:8080 +masq host=[fd01::1]:8080 +masq out=[fd01::1]:8080 +masq"},
+	}, {
+		name: "--nodeport-addresses without a CIDR of a family selects every address of it (kube-proxy reads the flag per family)",
+		svc:  s, slices: sl, node: node("192.168.0.2", "2001:db8::2"),
+		cfg: cfgWith(func(c *Config) {
+			c.NodePortAddresses, _ = ParseNodePortAddresses([]string{"10.9.0.0/16"})
+		}),
+		want: []string{
+			"ClusterIP 172.30.0.1:80/TCP pod=10.1.0.1:8080 host=10.1.0.1:8080 +masq out=10.1.0.1:8080 +masq",
+			"ClusterIP [fd00::1]:80/TCP pod=[fd01::1]:8080 host=[fd01::1]:8080 out=[fd01::1]:8080",
 			"NodePort [2001:db8::2]:30080/TCP pod=[fd01::1]:8080 +masq host=[fd01::1]:8080 +masq out=[fd01::1]:8080 +masq"},
 	}, {
 		name: "only the IPv4 family on an IPv4 node",

@@ -64,14 +64,29 @@ func ParseNodePortAddresses(values []string) (NodePortAddresses, error) {
 // All reports whether every node address is selected.
 func (n NodePortAddresses) All() bool { return !n.Primary && len(n.CIDRs) == 0 }
 
+// cidrsOf are the CIDRs of family f. kube-proxy reads the flag per family: a
+// family without CIDRs gets every address (0.0.0.0/0 or ::/0).
+func (n NodePortAddresses) cidrsOf(f Family) []netip.Prefix {
+	var out []netip.Prefix
+	for _, c := range n.CIDRs {
+		if FamilyOf(c.Addr()) == f {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// allOf reports whether every node address of family f is selected.
+func (n NodePortAddresses) allOf(f Family) bool { return !n.Primary && len(n.cidrsOf(f)) == 0 }
+
 // containsIPv4Loopback mirrors kube-proxy: localhost NodePorts only exist when the
 // selection could include 127.0.0.1.
 func (n NodePortAddresses) containsIPv4Loopback() bool {
-	if n.All() {
+	if n.allOf(IPv4) {
 		return true
 	}
 	lo := netip.MustParseAddr("127.0.0.1")
-	for _, c := range n.CIDRs {
+	for _, c := range n.cidrsOf(IPv4) {
 		if c.Contains(lo) {
 			return true
 		}

@@ -99,10 +99,10 @@ func (n NodeInfo) NodePortIPs(f Family, cfg Config) []netip.Addr {
 		case sel.Primary:
 			// The primary address is the first of the family; take it and stop.
 			return []netip.Addr{ip}
-		case sel.All():
+		case sel.allOf(f):
 			out = append(out, ip)
 		default:
-			for _, c := range sel.CIDRs {
+			for _, c := range sel.cidrsOf(f) {
 				if c.Contains(ip) {
 					out = append(out, ip)
 					break
