@@ -1,0 +1,83 @@
+package iptables
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os/exec"
+	"strings"
+
+	"github.com/switchyard/switchyard/dataplane"
+)
+
+// Runner builds the command that runs one of the iptables tools. The agent uses ExecRunner (its
+// own network namespace); tests pass one that wraps the tool in nsenter for a namespace of theirs,
+// so production code has no namespace switch of its own.
+type Runner func(ctx context.Context, name string, args ...string) *exec.Cmd
+
+// ExecRunner runs the tool directly, in the caller's network namespace.
+func ExecRunner(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, name, args...)
+}
+
+// orDefault lets callers pass a nil Runner for the agent's own namespace.
+func (r Runner) orDefault() Runner {
+	if r == nil {
+		return ExecRunner
+	}
+	return r
+}
+
+// toolError is a tool that failed: the exit status (or why it did not start) and what it said.
+type toolError struct {
+	cmdline string
+	err     error
+	stderr  string
+}
+
+func (e *toolError) Error() string {
+	if e.stderr == "" {
+		return fmt.Sprintf("%s: %v", e.cmdline, e.err)
+	}
+	return fmt.Sprintf("%s: %v: %s", e.cmdline, e.err, e.stderr)
+}
+
+func (e *toolError) Unwrap() error { return e.err }
+
+// output runs one tool with stdin (nil: none) and returns its stdout. Stderr is kept apart so that
+// warnings on a successful run never end up in the rules we parse.
+func (r Runner) output(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
+	cmd := r.orDefault()(ctx, name, args...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.Bytes(), &toolError{
+			cmdline: strings.Join(append([]string{name}, args...), " "),
+			err:     err,
+			stderr:  strings.TrimSpace(stderr.String()),
+		}
+	}
+	return stdout.Bytes(), nil
+}
+
+// toolName is the binary for a family, variant and tool ("restore" or "save"), e.g.
+// ip6tables-legacy-restore. The variant-specific names (rather than the alternatives-managed
+// "iptables-restore") make the choice explicit and independent of the host's alternatives.
+func toolName(family dataplane.Family, variant Variant, tool string) (string, error) {
+	if variant != VariantNFT && variant != VariantLegacy {
+		return "", fmt.Errorf("iptables variant %q: want %q or %q (resolve %q with DetectVariant first)",
+			variant, VariantNFT, VariantLegacy, VariantAuto)
+	}
+	base := "iptables"
+	switch family {
+	case dataplane.IPv4:
+	case dataplane.IPv6:
+		base = "ip6tables"
+	default:
+		return "", fmt.Errorf("iptables: unknown IP family %d", family)
+	}
+	return base + "-" + string(variant) + "-" + tool, nil
+}
