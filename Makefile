@@ -39,6 +39,8 @@ flows:
 	$(GO) run ./test/cmd/flowtest --proxy=kube-proxy-iptables $(FLOWS)
 	$(GO) run ./test/cmd/flowtest --proxy=switchyard-ebpf --source=file $(FLOWS)
 	$(GO) run ./test/cmd/flowtest --proxy=switchyard-ebpf --source=apiserver $(FLOWS)
+	$(GO) run ./test/cmd/flowtest --proxy=switchyard-iptables --source=file $(FLOWS)
+	$(GO) run ./test/cmd/flowtest --proxy=switchyard-iptables --source=apiserver $(FLOWS)
 
 # Rebuilds the bpf2go output (bpf/sock_bpfel.{go,o}, committed so a build needs
 # no clang); installs clang-14 and libbpf-dev when missing.

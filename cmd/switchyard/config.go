@@ -22,7 +22,7 @@ var appliedConfigFields = []string{
 	"apiVersion", "kind",
 	"clientConnection.kubeconfig", "hostnameOverride", "mode", "clusterCIDR", "nodePortAddresses",
 	"healthzBindAddress", "metricsBindAddress",
-	"iptables.localhostNodePorts", "iptables.masqueradeAll", "iptables.syncPeriod", "iptables.minSyncPeriod",
+	"iptables.localhostNodePorts", "iptables.masqueradeAll", "iptables.masqueradeBit", "iptables.syncPeriod", "iptables.minSyncPeriod",
 	"ipvs.syncPeriod", "ipvs.minSyncPeriod",
 	"nftables.masqueradeAll", "nftables.syncPeriod", "nftables.minSyncPeriod",
 }
@@ -67,6 +67,9 @@ func (o *options) applyConfigFile(path string) error {
 	}
 	if cfg.IPTables.LocalhostNodePorts != nil && !o.flags.Changed("localhost-nodeports") {
 		o.localhostNodePorts = *cfg.IPTables.LocalhostNodePorts
+	}
+	if cfg.IPTables.MasqueradeBit != nil && !o.flags.Changed("iptables-masquerade-bit") {
+		o.masqueradeBit = *cfg.IPTables.MasqueradeBit
 	}
 	if (cfg.IPTables.MasqueradeAll || cfg.NFTables.MasqueradeAll) && !o.flags.Changed("masquerade-all") {
 		o.masqueradeAll = true

@@ -38,7 +38,9 @@ func TestBadFlagsExit2NamingTheFlag(t *testing.T) {
 		{[]string{"agent", "--sync-period=0s"}, "--sync-period"},
 		{[]string{"agent", "--sync-period=soon"}, "sync-period"},
 		{[]string{"agent", "--source=ftp://x"}, "--source"},
-		{[]string{"agent", "--mode=iptables"}, "not built yet"},
+		{[]string{"agent", "--mode=ipvs"}, "not built yet"},
+		{[]string{"agent", "--iptables-variant=bogus"}, "--iptables-variant"},
+		{[]string{"agent", "--iptables-masquerade-bit=32"}, "--iptables-masquerade-bit"},
 		{[]string{"agent", "extra-arg"}, "unexpected arguments"},
 		{[]string{"cleanup", "--node-port-range=x"}, "--node-port-range"},
 		{[]string{"agent", "--bpf-root=relative/pins"}, "--bpf-root"},
@@ -150,7 +152,7 @@ func TestPrintDemoManifests(t *testing.T) {
 		"demo/sticky:http/TCP ExternalIP 198.51.100.77:80/TCP",
 		"affinity=ClientIP/10m0s",
 		// iTP Local.
-		"demo/node-local:http/TCP ClusterIP 172.30.0.14:80/TCP 10.0.1.14:8080(L) 10.0.1.14:8080(L) 10.0.1.14:8080(L) iTP=Local",
+		"demo/node-local:http/TCP ClusterIP 172.30.0.14:80/TCP 10.0.1.14:8080(L) 10.0.1.14:8080(L) +masq 10.0.1.14:8080(L) +masq iTP=Local",
 		// Terminating fallback: only the serving one.
 		"demo/draining:http/TCP ClusterIP 172.30.0.15:80/TCP 10.0.1.15:8080(LT)",
 		// No endpoints.

@@ -10,9 +10,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 
 	"github.com/switchyard/switchyard/bpf"
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/iptables"
 )
 
 // resolveMode turns auto into a concrete mode, saying why on log: eBPF when the
@@ -45,6 +47,8 @@ func newBackend(mode string, cfg *agentConfig, out io.Writer, metrics prometheus
 		return bpf.NewBackend(bpf.Config{PinDir: cfg.bpfRoot, CgroupPath: cg, Metrics: metrics,
 			MaxServices: cfg.bpfMaps[0], MaxBackends: cfg.bpfMaps[1],
 			Devices: cfg.devices, TCMode: cfg.tcMode, ClusterCIDRs: cfg.model.ClusterCIDRs})
+	case "iptables":
+		return newIPTablesBackend(cfg)
 	}
 	return nil, usageError{fmt.Errorf("--mode: the %s dataplane is not built yet; this release has: %s", mode, strings.Join(builtList(), ", "))}
 }
@@ -77,9 +81,36 @@ func cgroupV2Root() (string, error) {
 	return dir, nil
 }
 
+// newIPTablesBackend builds the iptables dataplane for both families, with the
+// iptables binaries the node's rules are in (or --iptables-variant).
+func newIPTablesBackend(cfg *agentConfig) (dataplane.Backend, error) {
+	v, err := cfg.iptVariant.Resolve(nil)
+	if err != nil {
+		return nil, err
+	}
+	klog.InfoS("Using the iptables binaries", "variant", v)
+	ct, err := iptables.NewConntrack(nil)
+	if err != nil {
+		return nil, err
+	}
+	bc := iptables.BackendConfig{Model: cfg.model, Conntrack: ct, Sysctl: iptables.ProcSysctl{}, MasqueradeBit: cfg.masqBit,
+		Restorers: map[dataplane.Family]iptables.Restorer{}, Jumpers: map[dataplane.Family]iptables.Jumper{}}
+	for _, f := range []dataplane.Family{dataplane.IPv4, dataplane.IPv6} {
+		j, err := iptables.NewJumper(f, v)
+		if err != nil {
+			return nil, err
+		}
+		bc.Families = append(bc.Families, f)
+		bc.Restorers[f], bc.Jumpers[f] = iptables.NewRestorer(f, v, nil), j
+	}
+	return iptables.NewBackend(bc)
+}
+
 // cleanup removes what any dataplane installed: the eBPF pins (which detaches the
 // programs; tc programs attached without links are removed from every device of
-// this network namespace) and the reserved NodePort range.
+// this network namespace), the iptables rules of either variant, and the reserved
+// NodePort range.
 func cleanup(bpfRoot string, nodePorts dataplane.PortRange) error {
-	return errors.Join(bpf.UnpinTC(bpfRoot), bpf.Unpin(bpfRoot), updateReservedPorts(reservedPortsPath, nodePorts, false))
+	return errors.Join(bpf.UnpinTC(bpfRoot), bpf.Unpin(bpfRoot), iptables.CleanupAll(),
+		updateReservedPorts(reservedPortsPath, nodePorts, false))
 }

@@ -16,12 +16,13 @@ import (
 
 	"github.com/switchyard/switchyard/bpf"
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/iptables"
 )
 
 // Modes the agent knows. Only the ones in builtModes can run today.
 var (
 	knownModes = []string{"auto", "ebpf", "iptables", "ipvs", "print"}
-	builtModes = map[string]bool{"print": true, "ebpf": true}
+	builtModes = map[string]bool{"print": true, "ebpf": true, "iptables": true}
 )
 
 const defaultBPFRoot = "/sys/fs/bpf/switchyard"
@@ -49,6 +50,8 @@ type options struct {
 	bpfMaxBackends     uint32
 	devices            []string
 	tcAttach           string
+	iptablesVariant    string
+	masqueradeBit      int32
 
 	flags *pflag.FlagSet
 }
@@ -66,6 +69,8 @@ func newOptions() *options {
 		bpfMaxServices:     bpf.DefaultMaxServices,
 		bpfMaxBackends:     bpf.DefaultMaxBackends,
 		tcAttach:           string(bpf.TCAuto),
+		iptablesVariant:    string(iptables.VariantAuto),
+		masqueradeBit:      14,
 	}
 }
 
@@ -92,6 +97,8 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.Uint32Var(&o.bpfMaxBackends, "bpf-max-backends", o.bpfMaxBackends, "eBPF mode: entries in the backends map (one per distinct endpoint address, port and protocol).")
 	fs.StringSliceVar(&o.devices, "devices", o.devices, "eBPF mode: the devices that face the outside (names or glob patterns, like Cilium's --devices); NodePorts, externalIPs and LoadBalancer IPs are served to clients arriving there. Empty: the devices that carry a node address.")
 	fs.StringVar(&o.tcAttach, "bpf-tc-attach", o.tcAttach, "eBPF mode: how the tc programs attach: auto (tcx where the kernel has it, else clsact), tcx or clsact.")
+	fs.StringVar(&o.iptablesVariant, "iptables-variant", o.iptablesVariant, "iptables mode: the iptables binaries to use: nft, legacy, or auto (the one the node's rules are in, as kube-proxy's image decides).")
+	fs.Int32Var(&o.masqueradeBit, "iptables-masquerade-bit", o.masqueradeBit, "iptables mode: the bit of the packet mark that flags packets to masquerade (0-31).")
 }
 
 // usageError is a bad flag, config file or argument: the process exits 2.
@@ -120,6 +127,8 @@ type agentConfig struct {
 	bpfMaps       [2]uint32 // services, backends
 	devices       []string
 	tcMode        bpf.TCMode
+	iptVariant    iptables.Variant
+	masqBit       int
 }
 
 // complete applies the config file (command-line flags win), then validates
@@ -155,6 +164,13 @@ func (o *options) validate() (*agentConfig, error) {
 		}
 	}
 	c.devices = o.devices
+	if err := (&c.iptVariant).Set(o.iptablesVariant); err != nil {
+		return nil, flagErr("iptables-variant", "%v", err)
+	}
+	if o.masqueradeBit < 0 || o.masqueradeBit > 31 {
+		return nil, flagErr("iptables-masquerade-bit", "must be within 0-31, got %d", o.masqueradeBit)
+	}
+	c.masqBit = int(o.masqueradeBit)
 	if o.cgroupRoot != "" && !filepath.IsAbs(o.cgroupRoot) {
 		return nil, flagErr("cgroup-root", "want an absolute path, got %q", o.cgroupRoot)
 	}

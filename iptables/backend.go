@@ -1,0 +1,209 @@
+package iptables
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+
+	"k8s.io/klog/v2"
+
+	"github.com/switchyard/switchyard/dataplane"
+)
+
+// Jumper installs and removes the rules in the built-in chains that lead to
+// Switchyard's (single-rule operations: -C, -I, -D), for one family.
+type Jumper interface {
+	// Ensure puts the jump first in its chain unless it is there already.
+	Ensure(j Jump) error
+	// Remove deletes the jump if it is there.
+	Remove(j Jump) error
+}
+
+// BackendConfig is what the iptables dataplane is built from. The kernel
+// boundaries are passed in, so tests give it fakes.
+type BackendConfig struct {
+	Model dataplane.Config
+	// Families to program, each with its restorer and jumper.
+	Families  []dataplane.Family
+	Restorers map[dataplane.Family]Restorer
+	Jumpers   map[dataplane.Family]Jumper
+	Conntrack Conntrack
+	Sysctl    Sysctl
+	// MasqueradeBit is --iptables-masquerade-bit.
+	MasqueradeBit int
+}
+
+// Backend is the iptables dataplane (--mode=iptables): kube-proxy's iptables
+// mode, under Switchyard's own chain prefix.
+type Backend struct {
+	cfg  BackendConfig
+	fams []*familySync
+	udp  udpFrontends
+	// LastLines is the size of the last sync's restore input, per family (tests,
+	// and the sync log).
+	LastLines map[dataplane.Family]int
+}
+
+// NewBackend prepares the iptables dataplane: nothing on the node changes before
+// the first sync, which is full.
+func NewBackend(cfg BackendConfig) (*Backend, error) {
+	b := &Backend{cfg: cfg, udp: udpFrontends{}, LastLines: map[dataplane.Family]int{}}
+	for _, f := range cfg.Families {
+		r, j := cfg.Restorers[f], cfg.Jumpers[f]
+		if r == nil || j == nil {
+			return nil, fmt.Errorf("iptables: no restorer or jumper for %s", f)
+		}
+		c := NewConfig(f, cfg.Model)
+		c.MasqueradeBit = cfg.MasqueradeBit
+		b.fams = append(b.fams, newFamilySync(c, r))
+	}
+	return b, nil
+}
+
+// ensureSysctls sets what the rules rely on; like the rules, only once the
+// sources synced, so an agent that fails before that changed nothing.
+func (b *Backend) ensureSysctls(c Config) error {
+	if !c.LocalhostNodePortsEnabled() || b.cfg.Sysctl == nil {
+		return nil
+	}
+	// As kube-proxy: the kernel routes 127.0.0.1:NodePort to a pod only with it.
+	if _, err := EnsureSysctl(b.cfg.Sysctl, SysctlRouteLocalnet, "1"); err != nil {
+		return fmt.Errorf("iptables: localhost NodePorts need %s=1: %w", SysctlRouteLocalnet, err)
+	}
+	return nil
+}
+
+func (b *Backend) Name() string { return "iptables" }
+
+// Sync writes every family's rules (all of them with changes nil or after a
+// failure), then removes the UDP conntrack entries the change made stale.
+func (b *Backend) Sync(_ context.Context, st *dataplane.State, changes *dataplane.ChangeSet) error {
+	var errs []error
+	for _, f := range b.fams {
+		if changes == nil || f.full {
+			if err := errors.Join(b.ensureSysctls(f.cfg), b.ensureJumps(f.cfg)); err != nil {
+				f.full = true
+				errs = append(errs, err)
+				continue
+			}
+		}
+		n, err := f.sync(st, changes)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		b.LastLines[f.cfg.Family] = n
+		klog.V(4).InfoS("Wrote iptables rules", "family", f.cfg.Family, "lines", n)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err // the next, full, sync clears conntrack for what it programs
+	}
+	return b.clearStale(st, changes)
+}
+
+func (b *Backend) ensureJumps(cfg Config) error {
+	j := b.cfg.Jumpers[cfg.Family]
+	for _, jump := range BaseJumps(cfg) {
+		if err := j.Ensure(jump); err != nil {
+			return fmt.Errorf("iptables %s: jump from %s %s to %s: %w", cfg.Family, jump.Table, jump.Chain, jump.Target, err)
+		}
+	}
+	return nil
+}
+
+// clearStale removes the UDP conntrack entries that would keep sending packets
+// where the rules no longer do.
+func (b *Backend) clearStale(st *dataplane.State, changes *dataplane.ChangeSet) error {
+	stale := b.udp.update(st, changes)
+	if b.cfg.Conntrack == nil || (len(stale.Services) == 0 && len(stale.Endpoints) == 0) {
+		return nil
+	}
+	if _, err := b.cfg.Conntrack.Clear(stale); err != nil {
+		// The rules are right; a stale entry only delays a client until it expires.
+		klog.ErrorS(err, "Clearing stale UDP conntrack entries")
+	}
+	return nil
+}
+
+// Cleanup removes every jump and chain Switchyard installed, in every family
+// it was built for.
+func (b *Backend) Cleanup(context.Context) error {
+	var errs []error
+	for _, f := range b.fams {
+		errs = append(errs, Cleanup(f.cfg.Family, b.cfg.Restorers[f.cfg.Family], b.cfg.Jumpers[f.cfg.Family]))
+	}
+	return errors.Join(errs...)
+}
+
+// Cleanup removes Switchyard's jumps and chains from one family's tables. A
+// family without any of them is not touched at all: the jump checks would
+// create the legacy tables in a namespace that uses nft.
+func Cleanup(f dataplane.Family, r Restorer, j Jumper) error {
+	var data []byte
+	for _, t := range tables {
+		saved, err := r.Save(t)
+		if err != nil {
+			return err
+		}
+		chains, err := ParseSave(saved, t)
+		if err != nil {
+			return err
+		}
+		data = append(data, deleteChains(t, chains)...)
+	}
+	if len(data) == 0 {
+		return nil
+	}
+	var errs []error
+	for _, jump := range BaseJumps(DefaultConfig(f)) {
+		errs = append(errs, j.Remove(jump))
+	}
+	return errors.Join(append(errs, r.Restore(data))...)
+}
+
+// CleanupAll removes Switchyard's rules from both families and both variants
+// of the caller's network namespace (switchyard cleanup).
+func CleanupAll() error {
+	var errs []error
+	for _, v := range []Variant{VariantNFT, VariantLegacy} {
+		for _, f := range []dataplane.Family{dataplane.IPv4, dataplane.IPv6} {
+			if save, _ := toolName(f, v, "save"); !installed(save) {
+				continue // nothing of that variant can be there
+			}
+			j, err := NewJumper(f, v)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if err := Cleanup(f, NewRestorer(f, v, nil), j); err != nil {
+				errs = append(errs, fmt.Errorf("iptables cleanup (%s, %s): %w", v, f, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// deleteChains flushes every SWYD- chain of a table, then deletes them.
+func deleteChains(table string, chains map[string][]string) []byte {
+	var decl, dels []string
+	for c := range chains {
+		if len(c) > len(Prefix) && c[:len(Prefix)] == Prefix {
+			decl = append(decl, ":"+c+" - [0:0]")
+			dels = append(dels, "-X "+c)
+		}
+	}
+	if len(decl) == 0 {
+		return nil
+	}
+	out := "*" + table + "\n"
+	for _, l := range append(decl, dels...) {
+		out += l + "\n"
+	}
+	return []byte(out + "COMMIT\n")
+}
+
+func installed(bin string) bool {
+	_, err := exec.LookPath(bin)
+	return err == nil
+}

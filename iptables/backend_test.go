@@ -1,0 +1,298 @@
+package iptables
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+
+	"github.com/switchyard/switchyard/dataplane"
+)
+
+// cluster is a model fed service by service, as the tracker would.
+type cluster struct {
+	sc scenario
+	st *dataplane.State
+}
+
+func newCluster(sc scenario) *cluster {
+	st := dataplane.NewState()
+	st.Node = sc.node()
+	return &cluster{sc: sc, st: st}
+}
+
+// set puts a service with its slice (nil slice: no endpoints; nil service: gone).
+func (c *cluster) set(ns, name string, svc *v1.Service, sl *discovery.EndpointSlice) *dataplane.ChangeSet {
+	var ss *dataplane.ServiceState
+	if svc != nil {
+		var sls []*discovery.EndpointSlice
+		if sl != nil {
+			sls = append(sls, sl)
+		}
+		ss = dataplane.ComputeService(svc, sls, c.st.Node, c.sc.modelConfig())
+	}
+	return c.st.Apply(map[dataplane.ServiceName]*dataplane.ServiceState{{Namespace: ns, Name: name}: ss})
+}
+
+func numberedService(i int, udp bool, eps ...string) (*v1.Service, *discovery.EndpointSlice) {
+	ip := fmt.Sprintf("172.30.%d.%d", i/250, i%250+1)
+	svc := service("ns", fmt.Sprintf("svc-%d", i), ip)
+	if udp {
+		svc.Spec.Ports[0].Protocol = v1.ProtocolUDP
+		return svc, endpoints(svc, 53, eps, "p80:UDP:53")
+	}
+	return svc, endpoints(svc, 8080, eps)
+}
+
+func tenEndpoints(i int) []string {
+	var out []string
+	for e := range 10 {
+		out = append(out, fmt.Sprintf("10.%d.%d.%d", 1+i/60000, i/250%240, e*25+1+i%25))
+	}
+	return out
+}
+
+type fakeKernel struct {
+	r  *FakeRestorer
+	ct *FakeConntrack
+	b  *Backend
+}
+
+func newFakeKernel(t testing.TB, sc scenario) *fakeKernel {
+	t.Helper()
+	r := NewFakeRestorer()
+	k := &fakeKernel{r: r, ct: &FakeConntrack{}}
+	b, err := NewBackend(BackendConfig{
+		Model: sc.modelConfig(), Families: []dataplane.Family{dataplane.IPv4},
+		Restorers: map[dataplane.Family]Restorer{dataplane.IPv4: r},
+		Jumpers:   map[dataplane.Family]Jumper{dataplane.IPv4: FakeJumper{r}},
+		Conntrack: k.ct, Sysctl: NewFakeSysctl(map[string]string{SysctlRouteLocalnet: "0"}), MasqueradeBit: 14,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.b = b
+	return k
+}
+
+// ruleset is what a fake kernel holds, each chain's rules sorted: the set
+// chains' order differs between partial and full syncs by design.
+func (k *fakeKernel) ruleset() map[string][]string {
+	out := map[string][]string{}
+	for _, t := range []string{"nat", "filter"} {
+		for c, rules := range k.r.Chains(t) {
+			out[t+" "+c] = slices.Sorted(slices.Values(rules))
+		}
+	}
+	return out
+}
+
+// sameAsFresh checks that k holds what a fresh backend's full sync of st writes.
+func sameAsFresh(t *testing.T, k *fakeKernel, sc scenario, st *dataplane.State) {
+	t.Helper()
+	fresh := newFakeKernel(t, sc)
+	if err := fresh.b.Sync(context.Background(), st, nil); err != nil {
+		t.Fatal(err)
+	}
+	got, want := k.ruleset(), fresh.ruleset()
+	for _, c := range slices.Sorted(maps.Keys(want)) {
+		if !slices.Equal(got[c], want[c]) {
+			t.Errorf("chain %s:\n got %q\nwant %q", c, got[c], want[c])
+		}
+	}
+	for c := range got {
+		if _, ok := want[c]; !ok {
+			t.Errorf("chain %s should be gone: %q", c, got[c])
+		}
+	}
+}
+
+// At 10,000 services a change rewrites only what changed: the restore input of
+// an endpoint change, a new service and a removed one is a few lines, and the
+// result is what a full sync would write.
+func TestSyncAt10kServicesWritesOnlyWhatChanged(t *testing.T) {
+	const n = 10000
+	sc := scenario{}
+	c := newCluster(sc)
+	for i := range n {
+		svc, sl := numberedService(i, false, tenEndpoints(i)...)
+		c.set("ns", svc.Name, svc, sl)
+	}
+	k := newFakeKernel(t, sc)
+	ctx := context.Background()
+	if err := k.b.Sync(ctx, c.st, nil); err != nil {
+		t.Fatal(err)
+	}
+	full := k.b.LastLines[dataplane.IPv4]
+	if full < n*10 {
+		t.Fatalf("the full sync wrote %d lines for %d services x 10 endpoints", full, n)
+	}
+	steps := []struct {
+		what string
+		do   func() *dataplane.ChangeSet
+	}{
+		{"one endpoint replaced", func() *dataplane.ChangeSet {
+			svc, sl := numberedService(7, false, append(tenEndpoints(7)[1:], "10.200.0.1")...)
+			return c.set("ns", svc.Name, svc, sl)
+		}},
+		{"a service added", func() *dataplane.ChangeSet {
+			svc, sl := numberedService(n, false, tenEndpoints(n)...)
+			return c.set("ns", svc.Name, svc, sl)
+		}},
+		{"a service removed", func() *dataplane.ChangeSet { return c.set("ns", "svc-9", nil, nil) }},
+		{"a service's endpoints all gone", func() *dataplane.ChangeSet {
+			svc, _ := numberedService(11, false)
+			return c.set("ns", svc.Name, svc, nil)
+		}},
+	}
+	for _, s := range steps {
+		if err := k.b.Sync(ctx, c.st, s.do()); err != nil {
+			t.Fatalf("%s: %v", s.what, err)
+		}
+		if got := k.b.LastLines[dataplane.IPv4]; got > 60 {
+			t.Errorf("%s: the restore input has %d lines (the full sync %d)", s.what, got, full)
+		}
+		t.Logf("%s: %d lines (full sync: %d)", s.what, k.b.LastLines[dataplane.IPv4], full)
+	}
+	sameAsFresh(t, k, sc, c.st)
+}
+
+// A failing iptables-restore leaves the rules as they were; the next sync is
+// full and repairs everything.
+func TestFailedRestoreKeepsRulesAndNextSyncRepairs(t *testing.T) {
+	sc := scenario{}
+	c := newCluster(sc)
+	for i := range 20 {
+		svc, sl := numberedService(i, false, tenEndpoints(i)[:3]...)
+		c.set("ns", svc.Name, svc, sl)
+	}
+	k := newFakeKernel(t, sc)
+	ctx := context.Background()
+	if err := k.b.Sync(ctx, c.st, nil); err != nil {
+		t.Fatal(err)
+	}
+	before := k.ruleset()
+	svc, sl := numberedService(3, false, "10.9.9.9")
+	cs := c.set("ns", svc.Name, svc, sl)
+	k.r.FailNext(1)
+	err := k.b.Sync(ctx, c.st, cs)
+	if !errors.Is(err, ErrFakeInjected) {
+		t.Fatalf("sync with a failing restore: %v", err)
+	}
+	if after := k.ruleset(); !maps.EqualFunc(before, after, slices.Equal) {
+		t.Error("a failed restore changed the rules")
+	}
+	// The runner retries with the next change (or none): the backend makes it full.
+	svc, sl = numberedService(4, false, "10.9.9.8")
+	cs = c.set("ns", svc.Name, svc, sl)
+	if err := k.b.Sync(ctx, c.st, cs); err != nil {
+		t.Fatal(err)
+	}
+	if got := k.b.LastLines[dataplane.IPv4]; got < 100 {
+		t.Errorf("the sync after a failure wrote %d lines; want a full sync", got)
+	}
+	sameAsFresh(t, k, sc, c.st)
+}
+
+// A full sync removes chains it does not render (a crash left them, or
+// someone added them) and puts back a deleted jump.
+func TestFullSyncRepairsDrift(t *testing.T) {
+	sc := scenario{}
+	c := newCluster(sc)
+	svc, sl := numberedService(1, false, "10.0.0.1")
+	c.set("ns", svc.Name, svc, sl)
+	k := newFakeKernel(t, sc)
+	ctx := context.Background()
+	if err := k.b.Sync(ctx, c.st, nil); err != nil {
+		t.Fatal(err)
+	}
+	jump := BaseJumps(DefaultConfig(dataplane.IPv4))[0]
+	drift := "*nat\n:SWYD-SVC-LEFTOVER - [0:0]\n-A SWYD-SVC-LEFTOVER -j RETURN\nCOMMIT\n" +
+		"*" + jump.Table + "\n-D" + strings.TrimPrefix(jumpRule(jump), "-A") + "\nCOMMIT\n"
+	if err := k.r.Restore([]byte(drift)); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.b.Sync(ctx, c.st, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := k.r.Chains("nat")["SWYD-SVC-LEFTOVER"]; ok {
+		t.Error("a chain nothing renders survived a full sync")
+	}
+	if !slices.Contains(k.r.Chains(jump.Table)[jump.Chain], jumpRule(jump)) {
+		t.Errorf("the deleted jump %q was not put back", jumpRule(jump))
+	}
+	if err := k.b.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for c, rules := range k.ruleset() {
+		for _, r := range rules {
+			if strings.Contains(c, Prefix) || strings.Contains(r, Prefix) {
+				t.Errorf("after cleanup: %s: %s", c, r)
+			}
+		}
+	}
+}
+
+// UDP conntrack: a service's first endpoint clears the entries of its frontend
+// (they were being rejected), a removed endpoint the entries DNATed to it.
+func TestStaleUDPConntrack(t *testing.T) {
+	sc := scenario{}
+	c := newCluster(sc)
+	svc, _ := numberedService(1, true)
+	c.set("ns", svc.Name, svc, nil)
+	k := newFakeKernel(t, sc)
+	ctx := context.Background()
+	if err := k.b.Sync(ctx, c.st, nil); err != nil {
+		t.Fatal(err)
+	}
+	fe := netip.MustParseAddrPort("172.30.0.2:80")
+	svc, sl := numberedService(1, true, "10.0.0.1", "10.0.0.2")
+	if err := k.b.Sync(ctx, c.st, c.set("ns", svc.Name, svc, sl)); err != nil {
+		t.Fatal(err)
+	}
+	if svcs, _, _ := k.ct.Cleared(); !slices.Contains(svcs, fe) {
+		t.Errorf("first endpoints: cleared services %v, want %v", svcs, fe)
+	}
+	k.ct.Reset()
+	svc, sl = numberedService(1, true, "10.0.0.1")
+	if err := k.b.Sync(ctx, c.st, c.set("ns", svc.Name, svc, sl)); err != nil {
+		t.Fatal(err)
+	}
+	want := StaleEndpoint{Service: fe, Endpoint: netip.MustParseAddrPort("10.0.0.2:53")}
+	if _, eps, _ := k.ct.Cleared(); !slices.Contains(eps, want) {
+		t.Errorf("a removed endpoint: cleared %v, want %v", eps, want)
+	}
+}
+
+// Nothing changes on the node before the first sync (the agent may still fail
+// to reach its sources); the first sync writes the rules and route_localnet.
+func TestNothingChangesBeforeTheFirstSync(t *testing.T) {
+	sc := scenario{}
+	r := NewFakeRestorer()
+	sys := NewFakeSysctl(map[string]string{SysctlRouteLocalnet: "0"})
+	b, err := NewBackend(BackendConfig{
+		Model: sc.modelConfig(), Families: []dataplane.Family{dataplane.IPv4},
+		Restorers: map[dataplane.Family]Restorer{dataplane.IPv4: r},
+		Jumpers:   map[dataplane.Family]Jumper{dataplane.IPv4: FakeJumper{r}},
+		Conntrack: &FakeConntrack{}, Sysctl: sys, MasqueradeBit: 14,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Calls()) != 0 || sys.Writes() != 0 {
+		t.Fatalf("NewBackend changed the node: %d restores, %d sysctl writes", len(r.Calls()), sys.Writes())
+	}
+	if err := b.Sync(context.Background(), newCluster(sc).st, nil); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := sys.Get(SysctlRouteLocalnet); v != "1" || len(r.Calls()) == 0 {
+		t.Errorf("after the first sync: route_localnet %q, %d restores", v, len(r.Calls()))
+	}
+}
