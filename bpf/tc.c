@@ -42,17 +42,12 @@
 #define IP6_SADDR 8
 #define IP6_DADDR 24
 
-/* ct_val.flags. A flow's state lives in its forward entry; its reply entry only rewrites. */
-#define CT_F_REPLY 1      /* a reply entry */
-#define CT_F_SEEN_REPLY 2 /* a reply came back */
-#define CT_F_FIN_FWD 4
-#define CT_F_FIN_REV 8
-#define CT_F_CLOSED 16 /* RST, or FIN both ways and the last ACK */
-
 /* How long a flow lives without packets: conntrack's values, with kube-proxy's established TCP. */
 #define CT_SYN_NS (60 * NSEC_PER_SEC)
 #define CT_TCP_NS (86400 * NSEC_PER_SEC)
 #define CT_CLOSED_NS (10 * NSEC_PER_SEC)
+/* Linux's TIME_WAIT (TCP_TIMEWAIT_LEN) and a margin. */
+#define CT_TIME_WAIT_NS (65 * NSEC_PER_SEC)
 #define CT_UDP_NS (30 * NSEC_PER_SEC)
 #define CT_UDP_STREAM_NS (120 * NSEC_PER_SEC)
 
@@ -61,10 +56,16 @@
 #define TCP_RST 0x04
 #define TCP_ACK 0x10
 
-/* SNAT source ports: above the kernel's default ephemeral range (32768-60999), so a masqueraded
- * flow never takes the tuple of a connection the node opened itself. */
-#define SNAT_PORT_MIN 61000
-#define SNAT_PORT_SPAN 4536
+/*
+ * SNAT source ports: 1024-29999 and 61000-65535, around the kernel's default ephemeral range
+ * (32768-60999, where the node's own connections get their ports, which no lookup could see
+ * coming) and the default NodePort range. A port a local socket holds towards the backend (or
+ * listens on) is skipped.
+ */
+#define SNAT_LOW_MIN 1024
+#define SNAT_LOW_SPAN (30000 - 1024)
+#define SNAT_HIGH_MIN 61000
+#define SNAT_SPAN (SNAT_LOW_SPAN + 65536 - 61000)
 #define SNAT_TRIES 16
 
 /* One direction of a translated flow, as seen on the wire before translation. */
@@ -84,9 +85,21 @@ struct ct_val {
 	__u16 sport;
 	__u16 dport;
 	__u32 backend_id; /* forward entries: the backend, checked on use */
-	__u8 flags;
-	__u8 pad[3];
-	__u64 expires; /* forward entries: bpf_ktime_get_ns() after which the flow is gone */
+	/*
+	 * A flow's state lives in its forward entry; its reply entry only rewrites. One byte per
+	 * fact: both directions of a flow run on different CPUs at once, and a byte set on one
+	 * cannot be lost to a read-modify-write of a shared flags word on the other.
+	 */
+	__u8 is_reply;
+	__u8 seen_reply;
+	__u8 fin_fwd;
+	__u8 fin_rev;
+	__u8 rst;
+	__u8 closed; /* RST, or FIN both ways and the last ACK */
+	__u8 pad[2];
+	/* forward entries: bpf_ktime_get_ns() after which the flow is gone; reply entries: until
+	 * when a replaced flow's backend holds the port in TIME_WAIT (0: not) */
+	__u64 expires;
 };
 
 struct client_affinity_key {
@@ -617,62 +630,156 @@ static __always_inline int alive(const struct ct_val *f, __u64 now)
 	return (__s64)(f->expires - now) > 0;
 }
 
+/*
+ * A closed connection may leave the backend with the masqueraded tuple in TIME_WAIT (it closed
+ * first, or both FINs crossed), and it answers a SYN from another client, whose sequence number
+ * and timestamp are unrelated, with an ACK of the old connection: that client retries a second
+ * later. Which side closed first cannot be told from here when FINs cross, so, as conntrack
+ * does, every closed flow keeps its tuple for TIME_WAIT. A reset ends TIME_WAIT.
+ */
+static __always_inline int in_time_wait(const struct ct_val *f)
+{
+	return !f->rst;
+}
+
+/* Sets a state byte; writing only what changes keeps the entry's cache line shared. */
+#define SET(field)                                                                                 \
+	do {                                                                                       \
+		if (!(field))                                                                      \
+			(field) = 1;                                                               \
+	} while (0)
+
 /* Follows a packet of flow f (reply: from the backend) through TCP's states. */
 static __always_inline void track(struct ct_val *f, const struct pkt *p, int reply, __u64 now)
 {
-	__u8 fl = f->flags;
 	__u64 life, want;
 
 	if (reply)
-		fl |= CT_F_SEEN_REPLY;
+		SET(f->seen_reply);
 	if (p->proto == IPPROTO_TCP) {
 		/* Closed: reset, or the last ACK after both FINs (TIME_WAIT). Not at the second FIN:
 		 * its ACK is still to come, and a new flow on the port would meet LAST_ACK. */
-		if (p->tcp_flags & TCP_RST)
-			fl |= CT_F_CLOSED;
-		if (p->tcp_flags & TCP_FIN)
-			fl |= reply ? CT_F_FIN_REV : CT_F_FIN_FWD;
-		else if ((fl & CT_F_FIN_FWD) && (fl & CT_F_FIN_REV) && (p->tcp_flags & TCP_ACK))
-			fl |= CT_F_CLOSED;
-		life = (fl & CT_F_CLOSED) ? CT_CLOSED_NS : (fl & CT_F_SEEN_REPLY) ? CT_TCP_NS : CT_SYN_NS;
+		if (p->tcp_flags & TCP_RST) {
+			SET(f->rst);
+			SET(f->closed);
+		}
+		if ((p->tcp_flags & TCP_FIN) && reply) {
+			SET(f->fin_rev);
+		} else if (p->tcp_flags & TCP_FIN) {
+			SET(f->fin_fwd);
+		} else if (f->fin_fwd && f->fin_rev && (p->tcp_flags & TCP_ACK)) {
+			SET(f->closed);
+		}
+		if (!f->closed)
+			life = f->seen_reply ? CT_TCP_NS : CT_SYN_NS;
+		else
+			life = in_time_wait(f) ? CT_TIME_WAIT_NS : CT_CLOSED_NS;
 	} else {
-		life = (fl & CT_F_SEEN_REPLY) ? CT_UDP_STREAM_NS : CT_UDP_NS;
+		life = f->seen_reply ? CT_UDP_STREAM_NS : CT_UDP_NS;
 	}
-	if (fl != f->flags)
-		f->flags = fl;
 	/* Writing on every packet would bounce the entry between CPUs: once a second does. */
 	want = now + life;
 	if (want < f->expires || want > f->expires + NSEC_PER_SEC)
 		f->expires = want;
 }
 
+/*
+ * A flow reopened on the same client tuple gets a new masquerade port; if the backend still
+ * holds the old one in TIME_WAIT, the old reply entry keeps it (its expires, unused otherwise)
+ * until then, since the forward entry that said so is about to be replaced.
+ */
+static __always_inline void keep_time_wait(const struct ct_val *f, __u8 proto)
+{
+	struct ct_key rk = {};
+	struct ct_val *r;
+
+	if (!in_time_wait(f))
+		return;
+	__builtin_memcpy(rk.saddr, f->daddr, 16);
+	__builtin_memcpy(rk.daddr, f->saddr, 16);
+	rk.sport = f->dport;
+	rk.dport = f->sport;
+	rk.proto = proto;
+	r = bpf_map_lookup_elem(&ct, &rk);
+	if (r && r->is_reply)
+		r->expires = f->expires;
+}
+
 /* A SYN on a flow that closed starts a new one, as conntrack reopens a connection. */
 static __always_inline int reopens(const struct ct_val *f, const struct pkt *p)
 {
-	return p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN &&
-	       (f->flags & CT_F_CLOSED);
+	return p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN && f->closed;
+}
+
+/* A flow that holds its masquerade port: open, or closed with the backend in TIME_WAIT. */
+static __always_inline int holds_port(const struct ct_val *f, const struct ct_key *rk, __u64 now)
+{
+	return f && alive(f, now) && owns(f, rk) && (!f->closed || in_time_wait(f));
 }
 
 /*
- * Picks a source port on the masquerade address for a flow to the backend in rk: one no open flow
- * holds. A port whose flow expired or closed is taken over, as the kernel's NAT reuses the tuple
- * of a connection in TIME_WAIT: with a few thousand ports per backend, ports held for the time a
- * closed connection lingers would run out at a few hundred new connections a second.
+ * Picks a source port on the masquerade address for a flow to the backend in rk, one no flow
+ * holds: free, expired, or closed by the client (the backend has forgotten it), as the kernel's
+ * NAT reuses the tuple of a finished connection. Ports held only for a few seconds after a
+ * close would run out at a few hundred new connections a second to one backend.
  */
-static __always_inline int snat_port(struct ct_key *rk, const struct ct_val *rv, __u64 now)
+static __always_inline __u16 random_snat_port(void)
+{
+	__u32 r = bpf_get_prandom_u32() % SNAT_SPAN;
+
+	return r < SNAT_LOW_SPAN ? SNAT_LOW_MIN + r : SNAT_HIGH_MIN + (r - SNAT_LOW_SPAN);
+}
+
+/* A socket of the node owns the tuple rk's reply would arrive on (connected, or listening). */
+static __always_inline int local_socket(struct __sk_buff *skb, const struct ct_key *rk, int v6)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	__u32 size;
+
+	if (v6) {
+		__builtin_memcpy(t.ipv6.saddr, rk->saddr, 16);
+		__builtin_memcpy(t.ipv6.daddr, rk->daddr, 16);
+		t.ipv6.sport = rk->sport;
+		t.ipv6.dport = rk->dport;
+		size = sizeof(t.ipv6);
+	} else {
+		__builtin_memcpy(&t.ipv4.saddr, rk->saddr + 12, 4);
+		__builtin_memcpy(&t.ipv4.daddr, rk->daddr + 12, 4);
+		t.ipv4.sport = rk->sport;
+		t.ipv4.dport = rk->dport;
+		size = sizeof(t.ipv4);
+	}
+	if (rk->proto == IPPROTO_TCP)
+		sk = bpf_skc_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+	else
+		sk = bpf_sk_lookup_udp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	bpf_sk_release(sk);
+	return 1;
+}
+
+/*
+ * Picks a source port on the masquerade address for a flow to the backend in rk, one no flow
+ * holds: free, expired, or closed by a reset.
+ */
+static __always_inline int snat_port(struct __sk_buff *skb, struct ct_key *rk, const struct ct_val *rv, int v6,
+				     __u64 now)
 {
 	for (int i = 0; i < SNAT_TRIES; i++) {
-		struct ct_val *old, *f;
+		struct ct_val *old;
 
-		rk->dport = bpf_htons(SNAT_PORT_MIN + bpf_get_prandom_u32() % SNAT_PORT_SPAN);
+		rk->dport = bpf_htons(random_snat_port());
+		if (local_socket(skb, rk, v6))
+			continue;
 		old = bpf_map_lookup_elem(&ct, rk);
 		if (!old) {
 			if (bpf_map_update_elem(&ct, rk, rv, BPF_NOEXIST) == 0)
 				return 0;
 			continue;
 		}
-		f = flow_of(old, rk->proto);
-		if (f && alive(f, now) && owns(f, rk) && !(f->flags & CT_F_CLOSED))
+		if ((old->expires && alive(old, now)) || holds_port(flow_of(old, rk->proto), rk, now))
 			continue;
 		if (bpf_map_update_elem(&ct, rk, rv, BPF_ANY) == 0)
 			return 0;
@@ -684,7 +791,8 @@ static __always_inline int snat_port(struct ct_key *rk, const struct ct_val *rv,
  * Writes both directions of a new flow from the client (p->t) through the frontend to backend
  * be, SNATed to the node address when masq: returns the forward entry's rewrite in fv.
  */
-static __always_inline int open_flow(const struct pkt *p, __u32 backend_id, const struct backend *be, int masq,
+static __always_inline int open_flow(struct __sk_buff *skb, const struct pkt *p, __u32 backend_id,
+				     const struct backend *be, int masq,
 				     struct ct_val *fv)
 {
 	struct ct_key rk = {};
@@ -700,7 +808,7 @@ static __always_inline int open_flow(const struct pkt *p, __u32 backend_id, cons
 	rv.sport = p->t.dport;
 	rv.dport = p->t.sport;
 	rv.backend_id = backend_id;
-	rv.flags = CT_F_REPLY;
+	rv.is_reply = 1;
 	if (masq) {
 		__u32 family = p->v6 ? 1 : 0;
 		struct snat_addr *sa = bpf_map_lookup_elem(&snat_addrs, &family);
@@ -709,7 +817,7 @@ static __always_inline int open_flow(const struct pkt *p, __u32 backend_id, cons
 		if (!sa || addr_eq(sa->addr, zero))
 			return -1;
 		__builtin_memcpy(rk.daddr, sa->addr, 16);
-		if (snat_port(&rk, &rv, now) < 0)
+		if (snat_port(skb, &rk, &rv, p->v6, now) < 0)
 			return -1;
 	} else {
 		__builtin_memcpy(rk.daddr, p->t.saddr, 16);
@@ -722,8 +830,7 @@ static __always_inline int open_flow(const struct pkt *p, __u32 backend_id, cons
 	__builtin_memcpy(fv->daddr, be->addr, 16);
 	fv->dport = be->port;
 	fv->backend_id = backend_id;
-	fv->flags = 0;
-	fv->expires = 0;
+	/* fv comes zeroed: a forward entry with no state yet */
 	track(fv, p, 0, now);
 	return bpf_map_update_elem(&ct, &p->t, fv, BPF_ANY);
 }
@@ -769,7 +876,7 @@ static __always_inline int new_flow(struct __sk_buff *skb, struct pkt *p)
 	be = bpf_map_lookup_elem(&backends, &backend_id);
 	if (!be || is_v4_mapped(be->addr) == p->v6)
 		return reject(skb, p); /* no backend of the packet's family */
-	if (open_flow(p, backend_id, be, svc->flags & SVC_F_MASQ, &fv) < 0) {
+	if (open_flow(skb, p, backend_id, be, svc->flags & SVC_F_MASQ, &fv) < 0) {
 		count(EV_DROP_NO_PORT); /* like a full conntrack table */
 		return TC_ACT_SHOT;
 	}
@@ -886,12 +993,14 @@ static __always_inline int handle(struct __sk_buff *skb, int external, int redir
 	p.t.proto = p.proto;
 	v = bpf_map_lookup_elem(&ct, &p.t);
 	if (v) {
-		int reply = v->flags & CT_F_REPLY;
+		int reply = v->is_reply;
 
 		now = bpf_ktime_get_ns();
 		f = reply ? flow_of(v, p.proto) : v;
-		if (!reply && reopens(f, &p))
+		if (!reply && reopens(f, &p)) {
 			count(EV_REOPEN);
+			keep_time_wait(f, p.proto);
+		}
 		else if (f && alive(f, now) && (!reply || owns(f, &p.t)) && !(external && !reply && stale(f))) {
 			struct ct_val nv = *v;
 

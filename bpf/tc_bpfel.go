@@ -58,9 +58,13 @@ type tcCtVal struct {
 	Sport     uint16
 	Dport     uint16
 	BackendId uint32
-	Flags     uint8
-	Pad       [3]uint8
-	_         [4]byte
+	IsReply   uint8
+	SeenReply uint8
+	FinFwd    uint8
+	FinRev    uint8
+	Rst       uint8
+	Closed    uint8
+	Pad       [2]uint8
 	Expires   uint64
 }
 

@@ -156,8 +156,8 @@ func want(t *testing.T, what string, got seen, ret uint32, wantRet uint32, wantP
 
 func snatPort(t *testing.T, s seen) uint16 {
 	t.Helper()
-	if p := s.src.Port(); p < 61000 {
-		t.Errorf("SNAT port %d is not above the ephemeral range", p)
+	if p := s.src.Port(); p < 1024 || (p >= 30000 && p < 61000) {
+		t.Errorf("SNAT port %d is in the kernel's ephemeral range, the NodePort range or below 1024", p)
 	}
 	return s.src.Port()
 }

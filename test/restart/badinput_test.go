@@ -50,7 +50,7 @@ func TestBadInputLeavesOthersWorking(t *testing.T) {
 	requirePrereqs(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
-	topo := buildTopology(t)
+	topo := buildTopology(t, scenario())
 	ag := newAgents(t, topo, badObjects(), "--bpf-max-backends=16")
 	ag.start(t, ctx) // fails unless the sync succeeded in spite of the refused service
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -13,13 +14,18 @@ import (
 	"github.com/switchyard/switchyard/test/topology"
 )
 
-const bpffs = "/sys/fs/bpf"
+const (
+	bpffs      = "/sys/fs/bpf"
+	loadgenPkg = "github.com/switchyard/switchyard/test/cmd/loadgen"
+)
 
 // Set by TestMain: the helper binaries and the agent, or why the test cannot run.
 var (
 	support       *topology.Support
 	switchyardBin string
 	agentErr      error
+	loadgenBin    string // test/cmd/loadgen
+	loadgenErr    error
 )
 
 func TestMain(m *testing.M) {
@@ -30,6 +36,10 @@ func TestMain(m *testing.M) {
 	if support.Unsupported == nil && support.BuildErr == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		switchyardBin, agentErr = flowrun.BuildAgent(ctx, support.Dir())
+		loadgenBin = filepath.Join(support.Dir(), "loadgen")
+		if out, err := exec.CommandContext(ctx, "go", "build", "-o", loadgenBin, loadgenPkg).CombinedOutput(); err != nil {
+			loadgenErr = fmt.Errorf("go build %s: %w\n%s", loadgenPkg, err, out)
+		}
 		cancel()
 	}
 	code := m.Run()

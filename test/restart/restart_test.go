@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -83,7 +85,7 @@ func TestKill9UnderLoad(t *testing.T) {
 	// cleanups to stop them their own way (this runs after every other cleanup).
 	t.Cleanup(cancel)
 
-	topo := buildTopology(t)
+	topo := buildTopology(t, scenario())
 	ag := newAgents(t, topo, objects())
 	ag.start(t, ctx)
 
@@ -93,57 +95,12 @@ func TestKill9UnderLoad(t *testing.T) {
 		t.Fatalf("held connection before any restart: %v; want peer %s and a backend", first, svcAddr)
 	}
 
-	links := watchLinks(t, topo.NodeCgroup())
-	st := startStream(t, ctx, topo)
-	st.waitCount(t, ctx, 100)
+	links := watchPrograms(t, cgroupHooks(topo.NodeCgroup()))
+	st := startStream(t, ctx, topo, streamSpec{ns: topo.PodNS(clientPod), dst: svcAddr, endpoints: backends})
+	restartTwice(t, ctx, ag, st, 0, func(when string) { checkHeld(t, held, first, "after "+when) })
 
-	// A kill, a second with no agent at all, and a new agent taking over.
-	st.setPhase("kill -9 #1, then no agent for 1s")
-	ag.kill9(t)
-	time.Sleep(time.Second)
-	st.setPhase("agent #2 starting")
-	ag.start(t, ctx)
-	st.setPhase("agent #2 synced")
-	time.Sleep(time.Second)
-	checkHeld(t, held, first, "after restart #1")
-
-	// A kill and an immediate restart.
-	st.setPhase("kill -9 #2, agent #3 started at once")
-	ag.kill9(t)
-	ag.start(t, ctx)
-	st.setPhase("agent #3 synced")
-	time.Sleep(time.Second)
-
-	res := st.stop(t)
-	linkRes := links.stop()
-	checkHeld(t, held, first, "after restart #2")
-
-	// Every connection reached a backend, in every phase, and the stream covered every phase.
-	t.Logf("stream: %d connections; per backend %v", res.total, res.endpoints)
-	for _, p := range res.phases {
-		t.Logf("  %-45s %6d connections completed, %d failed", p.name, p.n, p.bad)
-		if p.n == 0 {
-			t.Errorf("phase %q: no connection completed in it; the stream did not cover it", p.name)
-		}
-	}
-	if res.bad > 0 {
-		t.Errorf("%d of %d connections did not reach a backend; the first ones:\n%s", res.bad, res.total,
-			strings.Join(res.failures, "\n"))
-	}
-	for _, b := range backends {
-		if res.endpoints[b] == 0 {
-			t.Errorf("backend %s was never reached", b)
-		}
-	}
-	// The programs never left the cgroup.
-	t.Logf("links: %d samples of the node cgroup's connect4/getpeername4 programs, minimum %d", linkRes.samples, linkRes.min)
-	if linkRes.err != nil {
-		t.Errorf("querying the cgroup's programs: %v", linkRes.err)
-	}
-	if linkRes.samples == 0 || linkRes.min == 0 {
-		t.Errorf("the node cgroup had no program on a hook at some point (%d samples, first at %s)", linkRes.samples,
-			linkRes.firstZero)
-	}
+	checkStream(t, st.stop(t), backends)
+	checkPrograms(t, links.stop())
 	t.Logf("runtime %v", time.Since(begin).Round(time.Millisecond))
 }
 
@@ -156,8 +113,58 @@ func checkHeld(t *testing.T, h *holder, first holdReport, when string) {
 	}
 }
 
-// buildTopology builds the scenario; at the end, it is closed and nothing of it may be left.
-func buildTopology(t *testing.T) *topology.Topology {
+// restartTwice kills the agent with kill -9 twice while st runs, and restarts it: first after a
+// second without any agent, then at once. Before, the stream runs for at least 100 connections and
+// warmup, the baseline; each new agent gets a second of the stream after its sync; then
+// afterRestart("restart #N") runs. Every step is a phase of the stream.
+func restartTwice(t *testing.T, ctx context.Context, ag *agents, st *stream, warmup time.Duration, afterRestart func(when string)) {
+	t.Helper()
+	st.waitCount(t, ctx, 100)
+	time.Sleep(warmup)
+
+	// A kill, a second with no agent at all, and a new agent taking over.
+	st.setPhase("kill -9 #1, then no agent for 1s")
+	ag.kill9(t)
+	time.Sleep(time.Second)
+	st.setPhase("agent #2 starting")
+	ag.start(t, ctx)
+	st.setPhase("agent #2 synced")
+	time.Sleep(time.Second)
+	afterRestart("restart #1")
+
+	// A kill and an immediate restart.
+	st.setPhase("kill -9 #2, agent #3 started at once")
+	ag.kill9(t)
+	ag.start(t, ctx)
+	st.setPhase("agent #3 synced")
+	time.Sleep(time.Second)
+	afterRestart("restart #2")
+}
+
+// checkStream: every connection reached one of endpoints, in every phase, the stream covered every
+// phase, and every endpoint was reached.
+func checkStream(t *testing.T, res streamResult, endpoints []string) {
+	t.Helper()
+	t.Logf("stream: %d connections; per backend %v", res.total, res.endpoints)
+	for _, p := range res.phases {
+		t.Logf("  %-45s %6d connections completed, %d failed", p.name, p.n, p.bad)
+		if p.n == 0 {
+			t.Errorf("phase %q: no connection completed in it; the stream did not cover it", p.name)
+		}
+	}
+	if res.bad > 0 {
+		t.Errorf("%d of %d connections did not reach a backend as they should; the first ones:\n%s", res.bad, res.total,
+			strings.Join(res.failures, "\n"))
+	}
+	for _, b := range endpoints {
+		if res.endpoints[b] == 0 {
+			t.Errorf("backend %s was never reached", b)
+		}
+	}
+}
+
+// buildTopology builds sc; at the end, it is closed and nothing of it may be left.
+func buildTopology(t *testing.T, sc topology.Scenario) *topology.Topology {
 	t.Helper()
 	var prefix string
 	// Registered first, so it runs after the topology's own cleanup.
@@ -166,7 +173,7 @@ func buildTopology(t *testing.T) *topology.Topology {
 			checkNothingLeft(t, prefix)
 		}
 	})
-	topo := support.Build(t, scenario())
+	topo := support.Build(t, sc)
 	prefix = topo.Prefix()
 	return topo
 }
@@ -309,9 +316,10 @@ func (a *agents) logTail() string {
 
 // ---- the stream of new connections ----
 
-// stream is one probe in the client pod opening new connections back to back, each line of its
-// output one connection, attributed to the phase of the test in which it was read.
+// stream is one probe opening new TCP connections back to back, each line of its output one
+// connection, attributed to the phase of the test in which it was read.
 type stream struct {
+	spec   streamSpec
 	cmd    *exec.Cmd
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -320,6 +328,13 @@ type stream struct {
 	mu    sync.Mutex
 	phase string
 	res   streamResult
+}
+
+// streamSpec is where the probe runs, where it connects and what it must get.
+type streamSpec struct {
+	ns, dst   string
+	endpoints []string // a connection must reach one of these
+	peerIP    string   // and, unless empty, come from this address (as the backend saw it)
 }
 
 type streamResult struct {
@@ -336,11 +351,11 @@ type phaseCount struct {
 }
 
 // startStream starts the probe with a count it cannot reach in the test: stop kills it.
-func startStream(t *testing.T, ctx context.Context, topo *topology.Topology) *stream {
+func startStream(t *testing.T, ctx context.Context, topo *topology.Topology, spec streamSpec) *stream {
 	t.Helper()
 	sctx, cancel := context.WithCancel(ctx)
-	cmd := topo.CommandContext(sctx, topo.PodNS(clientPod), support.ProbeBin,
-		"-proto", "tcp", "-dst", svcAddr, "-timeout", "1s", "-n", "100000000")
+	cmd := topo.CommandContext(sctx, spec.ns, support.ProbeBin,
+		"-proto", "tcp", "-dst", spec.dst, "-timeout", "1s", "-n", "100000000")
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -351,7 +366,7 @@ func startStream(t *testing.T, ctx context.Context, topo *topology.Topology) *st
 		cancel()
 		t.Fatal(err)
 	}
-	s := &stream{cmd: cmd, cancel: cancel, done: make(chan struct{})}
+	s := &stream{spec: spec, cmd: cmd, cancel: cancel, done: make(chan struct{})}
 	s.res.endpoints = map[string]int{}
 	s.setPhase("agent #1, before any restart")
 	t.Cleanup(func() { s.stop(t) })
@@ -385,7 +400,7 @@ func (s *stream) record(line string) {
 	p := &s.res.phases[len(s.res.phases)-1]
 	s.res.total++
 	p.n++
-	if err == nil && r.Result == "ok" && slices.Contains(backends, r.Endpoint) {
+	if err == nil && r.Result == "ok" && slices.Contains(s.spec.endpoints, r.Endpoint) && s.peerOK(r.Peer) {
 		s.res.endpoints[r.Endpoint]++
 		return
 	}
@@ -394,6 +409,14 @@ func (s *stream) record(line string) {
 	if len(s.res.failures) < 20 {
 		s.res.failures = append(s.res.failures, fmt.Sprintf("  #%d, completed in phase %q: %s", s.res.total, p.name, strings.TrimSpace(line)))
 	}
+}
+
+func (s *stream) peerOK(peer string) bool {
+	if s.spec.peerIP == "" {
+		return true
+	}
+	ap, err := netip.ParseAddrPort(peer)
+	return err == nil && ap.Addr().String() == s.spec.peerIP
 }
 
 // waitCount waits until the stream has completed n connections.
@@ -430,46 +453,57 @@ func (s *stream) stop(t *testing.T) streamResult {
 	return s.res
 }
 
-// ---- the programs on the node's cgroup ----
+// ---- the programs on the node's hooks ----
 
-// linkWatch samples, every few milliseconds, how many programs the node cgroup has on the hooks the
-// stream and the held connection go through.
-type linkWatch struct {
+// progWatch samples, every few milliseconds, the programs on the hooks the traffic goes through,
+// and counts the samples in which one was missing.
+type progWatch struct {
 	stopc chan struct{}
-	done  chan linkResult
+	done  chan progResult
 }
 
-type linkResult struct {
-	samples, min int
-	firstZero    string
-	err          error
+type progResult struct {
+	what          string // the hooks watched
+	samples, gaps int
+	firstGap      string
+	err           error
 }
 
-func watchLinks(t *testing.T, cgroup string) *linkWatch {
+// hookSampler is what a watch samples: open prepares it (on the sampling goroutine, locked to its
+// thread, which it may move into another namespace: the thread is retired after the watch), and
+// returns sample, which describes what is missing ("" when nothing is), and a cleanup.
+type hookSampler struct {
+	what string
+	open func() (sample func() (string, error), cleanup func(), err error)
+}
+
+func watchPrograms(t *testing.T, hs hookSampler) *progWatch {
 	t.Helper()
-	fd, err := unix.Open(cgroup, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := &linkWatch{stopc: make(chan struct{}), done: make(chan linkResult, 1)}
+	w := &progWatch{stopc: make(chan struct{}), done: make(chan progResult, 1)}
+	opened := make(chan error, 1)
 	go func() {
-		defer unix.Close(fd)
-		res := linkResult{min: -1}
+		// Never unlocked: a thread open may have moved to another namespace ends with the goroutine.
+		runtime.LockOSThread()
+		res := progResult{what: hs.what}
+		sample, cleanup, err := hs.open()
+		opened <- err
+		if err != nil {
+			close(w.done)
+			return
+		}
+		defer cleanup()
 		start := time.Now()
 		for {
-			for _, at := range []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCgroupInet4GetPeername} {
-				q, err := link.QueryPrograms(link.QueryOptions{Target: fd, Attach: at})
-				if err != nil {
-					res.err = err
-					w.done <- res
-					return
-				}
-				n := len(q.Programs)
-				if res.min < 0 || n < res.min {
-					res.min = n
-				}
-				if n == 0 && res.firstZero == "" {
-					res.firstZero = fmt.Sprintf("%v into the stream, %s", time.Since(start).Round(time.Millisecond), at)
+			missing, err := sample()
+			if err != nil {
+				res.err = err
+				w.done <- res
+				return
+			}
+			if missing != "" {
+				res.gaps++
+				if res.firstGap == "" {
+					res.firstGap = fmt.Sprintf("%v into the watch: %s", time.Since(start).Round(time.Millisecond), missing)
 				}
 			}
 			res.samples++
@@ -481,11 +515,14 @@ func watchLinks(t *testing.T, cgroup string) *linkWatch {
 			}
 		}
 	}()
+	if err := <-opened; err != nil {
+		t.Fatalf("watching %s: %v", hs.what, err)
+	}
 	t.Cleanup(func() { w.stop() })
 	return w
 }
 
-func (w *linkWatch) stop() linkResult {
+func (w *progWatch) stop() progResult {
 	select {
 	case <-w.stopc:
 	default:
@@ -493,8 +530,45 @@ func (w *linkWatch) stop() linkResult {
 	}
 	r, ok := <-w.done
 	if !ok {
-		return linkResult{err: errors.New("stopped twice")}
+		return progResult{err: errors.New("stopped twice")}
 	}
 	close(w.done)
 	return r
+}
+
+// checkPrograms: no sample missed a program.
+func checkPrograms(t *testing.T, r progResult) {
+	t.Helper()
+	t.Logf("programs: %d samples of %s, %d with one missing", r.samples, r.what, r.gaps)
+	if r.err != nil {
+		t.Errorf("querying %s: %v", r.what, r.err)
+	}
+	if r.samples == 0 || r.gaps > 0 {
+		t.Errorf("%s went without a program at some point (%d of %d samples; the first: %s)", r.what, r.gaps,
+			r.samples, r.firstGap)
+	}
+}
+
+// cgroupHooks samples the node cgroup's connect4 and getpeername4 hooks, which the stream and the
+// held connection of a pod go through.
+func cgroupHooks(cgroup string) hookSampler {
+	return hookSampler{what: "the node cgroup's connect4/getpeername4 programs", open: func() (func() (string, error), func(), error) {
+		fd, err := unix.Open(cgroup, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, nil, err
+		}
+		sample := func() (string, error) {
+			for _, at := range []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCgroupInet4GetPeername} {
+				q, err := link.QueryPrograms(link.QueryOptions{Target: fd, Attach: at})
+				if err != nil {
+					return "", err
+				}
+				if len(q.Programs) == 0 {
+					return "no program on " + at.String(), nil
+				}
+			}
+			return "", nil
+		}
+		return sample, func() { unix.Close(fd) }, nil
+	}}
 }

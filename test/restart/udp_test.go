@@ -37,7 +37,7 @@ func TestUDPSocketsOfRemovedBackendsAreDestroyed(t *testing.T) {
 	requirePrereqs(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
-	topo := buildTopology(t)
+	topo := buildTopology(t, scenario())
 	ag := newAgents(t, topo, withUDPService(objects(), "10.0.1.1", "10.0.1.2"))
 	ag.start(t, ctx)
 
