@@ -1,0 +1,90 @@
+package iptables
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/test/topology"
+)
+
+// The backend against the real kernel, with both variants' binaries (each in a
+// node namespace of its own: the two must not meet): a full sync, partial syncs,
+// a full sync again, then cleanup leaves nothing of Switchyard.
+func TestBackendOnTheKernel(t *testing.T) {
+	for _, v := range []Variant{VariantNFT, VariantLegacy} {
+		t.Run(string(v), func(t *testing.T) {
+			support.Require(t)
+			requireTools(t, variantTools(v)...)
+			requireTools(t, strings.TrimSuffix(variantTools(v)[0], "-restore"))
+			topo := support.Build(t, topology.Scenario{Node: topology.Node{Name: nodeName, IPs: []string{"192.168.0.2"}}})
+			err := onNetnsThread(topo.NodeNS(), func() error { return kernelRound(t, topo, v) })
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// kernelRound runs on a thread in the node namespace: errors come back, t.Errorf
+// reports the rest (t.Fatal would end the thread's goroutine, not the test).
+func kernelRound(t *testing.T, topo *topology.Topology, v Variant) error {
+	sc := scenario{}
+	c := newCluster(sc)
+	for i := range 5 {
+		svc, sl := numberedService(i, i%2 == 1, tenEndpoints(i)[:3]...)
+		c.set("ns", svc.Name, svc, sl)
+	}
+	r := NewRestorer(dataplane.IPv4, v, nsRunner(topo, topo.NodeNS()))
+	j, err := NewJumper(dataplane.IPv4, v) // runs in this thread's namespace: the node's
+	if err != nil {
+		return err
+	}
+	b, err := NewBackend(BackendConfig{Model: sc.modelConfig(), Families: []dataplane.Family{dataplane.IPv4},
+		Restorers: map[dataplane.Family]Restorer{dataplane.IPv4: r}, Jumpers: map[dataplane.Family]Jumper{dataplane.IPv4: j},
+		Conntrack: &FakeConntrack{}, Sysctl: NewFakeSysctl(map[string]string{SysctlRouteLocalnet: "0"}), MasqueradeBit: 14})
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	if err := b.Sync(ctx, c.st, nil); err != nil {
+		return err
+	}
+	svc, sl := numberedService(2, false, "10.50.0.1", "10.50.0.2")
+	if err := b.Sync(ctx, c.st, c.set("ns", svc.Name, svc, sl)); err != nil {
+		t.Errorf("partial sync: %v", err)
+	}
+	if err := b.Sync(ctx, c.st, c.set("ns", "svc-3", nil, nil)); err != nil {
+		t.Errorf("partial sync removing a service: %v", err)
+	}
+	nat := saved(t, r, "nat")
+	if !strings.Contains(nat, "10.50.0.2:8080") || strings.Contains(nat, "ns/svc-3") {
+		t.Errorf("the partial syncs are not in the kernel:\n%s", nat)
+	}
+	if !strings.Contains(nat, "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j SWYD-SERVICES") {
+		t.Errorf("no jump to SWYD-SERVICES:\n%s", nat)
+	}
+	if err := b.Sync(ctx, c.st, nil); err != nil {
+		t.Errorf("full sync over the kernel's rules: %v", err)
+	}
+	if err := b.Cleanup(ctx); err != nil {
+		return err
+	}
+	for _, table := range []string{"nat", "filter"} {
+		if s := saved(t, r, table); strings.Contains(s, Prefix) {
+			t.Errorf("after cleanup the %s table still has Switchyard's rules:\n%s", table, s)
+		}
+	}
+	return nil
+}
+
+// saved runs on the namespace's thread, where t.Fatal must not be called.
+func saved(t *testing.T, r Restorer, table string) string {
+	t.Helper()
+	out, err := r.Save(table)
+	if err != nil {
+		t.Errorf("iptables-save %s: %v", table, err)
+	}
+	return string(out)
+}
