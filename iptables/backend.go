@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os/exec"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
 
 	"github.com/switchyard/switchyard/dataplane"
@@ -32,14 +33,17 @@ type BackendConfig struct {
 	Sysctl    Sysctl
 	// MasqueradeBit is --iptables-masquerade-bit.
 	MasqueradeBit int
+	// Metrics, when set, gets kube-proxy's iptables metrics.
+	Metrics prometheus.Registerer
 }
 
 // Backend is the iptables dataplane (--mode=iptables): kube-proxy's iptables
 // mode, under Switchyard's own chain prefix.
 type Backend struct {
-	cfg  BackendConfig
-	fams []*familySync
-	udp  udpFrontends
+	cfg     BackendConfig
+	fams    []*familySync
+	udp     udpFrontends
+	metrics *metrics
 	// LastLines is the size of the last sync's restore input, per family (tests,
 	// and the sync log).
 	LastLines map[dataplane.Family]int
@@ -48,7 +52,11 @@ type Backend struct {
 // NewBackend prepares the iptables dataplane: nothing on the node changes before
 // the first sync, which is full.
 func NewBackend(cfg BackendConfig) (*Backend, error) {
-	b := &Backend{cfg: cfg, udp: udpFrontends{}, LastLines: map[dataplane.Family]int{}}
+	m, err := newMetrics(cfg.Metrics)
+	if err != nil {
+		return nil, err
+	}
+	b := &Backend{cfg: cfg, udp: udpFrontends{}, metrics: m, LastLines: map[dataplane.Family]int{}}
 	for _, f := range cfg.Families {
 		r, j := cfg.Restorers[f], cfg.Jumpers[f]
 		if r == nil || j == nil {
@@ -88,7 +96,9 @@ func (b *Backend) Sync(_ context.Context, st *dataplane.State, changes *dataplan
 				continue
 			}
 		}
+		partial := changes != nil && !f.full
 		n, err := f.sync(st, changes)
+		b.metrics.synced(f, partial, err)
 		if err != nil {
 			errs = append(errs, err)
 			continue

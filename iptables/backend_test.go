@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 
@@ -60,20 +62,22 @@ func tenEndpoints(i int) []string {
 }
 
 type fakeKernel struct {
-	r  *FakeRestorer
-	ct *FakeConntrack
-	b  *Backend
+	r   *FakeRestorer
+	ct  *FakeConntrack
+	b   *Backend
+	reg *prometheus.Registry
 }
 
 func newFakeKernel(t testing.TB, sc scenario) *fakeKernel {
 	t.Helper()
 	r := NewFakeRestorer()
-	k := &fakeKernel{r: r, ct: &FakeConntrack{}}
+	k := &fakeKernel{r: r, ct: &FakeConntrack{}, reg: prometheus.NewRegistry()}
 	b, err := NewBackend(BackendConfig{
 		Model: sc.modelConfig(), Families: []dataplane.Family{dataplane.IPv4},
 		Restorers: map[dataplane.Family]Restorer{dataplane.IPv4: r},
 		Jumpers:   map[dataplane.Family]Jumper{dataplane.IPv4: FakeJumper{r}},
 		Conntrack: k.ct, Sysctl: NewFakeSysctl(map[string]string{SysctlRouteLocalnet: "0"}), MasqueradeBit: 14,
+		Metrics: k.reg,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -188,6 +192,18 @@ func TestFailedRestoreKeepsRulesAndNextSyncRepairs(t *testing.T) {
 	}
 	if after := k.ruleset(); !maps.EqualFunc(before, after, slices.Equal) {
 		t.Error("a failed restore changed the rules")
+	}
+	want := `
+# HELP kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total Cumulative proxy iptables partial restore failures
+# TYPE kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total counter
+kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total{ip_family="IPv4"} 1
+# HELP kubeproxy_sync_proxy_rules_iptables_restore_failures_total Cumulative proxy iptables restore failures
+# TYPE kubeproxy_sync_proxy_rules_iptables_restore_failures_total counter
+kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family="IPv4"} 1
+`
+	if err := testutil.GatherAndCompare(k.reg, strings.NewReader(want),
+		"kubeproxy_sync_proxy_rules_iptables_restore_failures_total", "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total"); err != nil {
+		t.Error(err)
 	}
 	// The runner retries with the next change (or none): the backend makes it full.
 	svc, sl = numberedService(4, false, "10.9.9.8")

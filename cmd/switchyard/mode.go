@@ -48,7 +48,7 @@ func newBackend(mode string, cfg *agentConfig, out io.Writer, metrics prometheus
 			MaxServices: cfg.bpfMaps[0], MaxBackends: cfg.bpfMaps[1],
 			Devices: cfg.devices, TCMode: cfg.tcMode, ClusterCIDRs: cfg.model.ClusterCIDRs})
 	case "iptables":
-		return newIPTablesBackend(cfg)
+		return newIPTablesBackend(cfg, metrics)
 	}
 	return nil, usageError{fmt.Errorf("--mode: the %s dataplane is not built yet; this release has: %s", mode, strings.Join(builtList(), ", "))}
 }
@@ -83,7 +83,7 @@ func cgroupV2Root() (string, error) {
 
 // newIPTablesBackend builds the iptables dataplane for both families, with the
 // iptables binaries the node's rules are in (or --iptables-variant).
-func newIPTablesBackend(cfg *agentConfig) (dataplane.Backend, error) {
+func newIPTablesBackend(cfg *agentConfig, metrics prometheus.Registerer) (dataplane.Backend, error) {
 	v, err := cfg.iptVariant.Resolve(nil)
 	if err != nil {
 		return nil, err
@@ -93,7 +93,7 @@ func newIPTablesBackend(cfg *agentConfig) (dataplane.Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	bc := iptables.BackendConfig{Model: cfg.model, Conntrack: ct, Sysctl: iptables.ProcSysctl{}, MasqueradeBit: cfg.masqBit,
+	bc := iptables.BackendConfig{Model: cfg.model, Conntrack: ct, Sysctl: iptables.ProcSysctl{}, MasqueradeBit: cfg.masqBit, Metrics: metrics,
 		Restorers: map[dataplane.Family]iptables.Restorer{}, Jumpers: map[dataplane.Family]iptables.Jumper{}}
 	for _, f := range []dataplane.Family{dataplane.IPv4, dataplane.IPv6} {
 		j, err := iptables.NewJumper(f, v)
