@@ -23,6 +23,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/switchyard/switchyard/test/flow"
+	"github.com/switchyard/switchyard/test/loadgen"
 	"github.com/switchyard/switchyard/test/topology"
 )
 
@@ -293,17 +294,8 @@ func (l *longLived) checkSame(t *testing.T, ctx context.Context, before []string
 	}
 }
 
-// loadResult is test/cmd/loadgen's output (the fields used here).
-type loadResult struct {
-	Elapsed    float64          `json:"elapsed_s"`
-	Requests   int64            `json:"requests"`
-	Conns      int64            `json:"connections"`
-	Errors     int64            `json:"errors"`
-	ErrorKinds map[string]int64 `json:"error_kinds"`
-	FirstError string           `json:"first_error"`
-	Endpoints  map[string]int64 `json:"endpoints"`
-	Peers      map[string]int64 `json:"peers"`
-}
+// loadResult is test/cmd/loadgen's output.
+type loadResult = loadgen.Result
 
 // wait waits for the load generator to finish and returns its result.
 func (l *longLived) wait(t *testing.T) loadResult {

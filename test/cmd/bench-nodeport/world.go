@@ -14,6 +14,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/switchyard/switchyard/test/flow"
+	"github.com/switchyard/switchyard/test/loadgen"
 	"github.com/switchyard/switchyard/test/topology"
 )
 
@@ -139,19 +140,4 @@ func load(ctx context.Context, e *env, topo *topology.Topology, dsts []string, m
 }
 
 // loadResult is test/cmd/loadgen's output.
-type loadResult struct {
-	Mode       string           `json:"mode"`
-	Workers    int              `json:"workers"`
-	Elapsed    float64          `json:"elapsed_s"`
-	Requests   int64            `json:"requests"`
-	RPS        float64          `json:"rps"`
-	Conns      int64            `json:"connections"`
-	Errors     int64            `json:"errors"`
-	ErrorKinds map[string]int64 `json:"error_kinds,omitempty"`
-	FirstError string           `json:"first_error,omitempty"`
-	MeanMs     float64          `json:"latency_mean_ms"`
-	P50Ms      float64          `json:"latency_p50_ms"`
-	P99Ms      float64          `json:"latency_p99_ms"`
-	Endpoints  map[string]int64 `json:"endpoints"`
-	Peers      map[string]int64 `json:"peers"`
-}
+type loadResult = loadgen.Result

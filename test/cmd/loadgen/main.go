@@ -24,29 +24,12 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/switchyard/switchyard/test/loadgen"
 )
 
-// result is the output; the benchmark (test/cmd/bench-nodeport) parses it.
-type result struct {
-	Mode     string  `json:"mode"`
-	Workers  int     `json:"workers"`
-	Elapsed  float64 `json:"elapsed_s"`
-	Requests int64   `json:"requests"` // answered
-	RPS      float64 `json:"rps"`      // answered per second of Elapsed
-	Conns    int64   `json:"connections"`
-	Errors   int64   `json:"errors"`
-	// ErrorKinds counts failures by kind: refused, timeout, error (as test/cmd/probe classifies them).
-	ErrorKinds map[string]int64 `json:"error_kinds,omitempty"`
-	FirstError string           `json:"first_error,omitempty"`
-	// Latency of the answered requests (connect included in mode conn), in milliseconds.
-	MeanMs float64 `json:"latency_mean_ms"`
-	P50Ms  float64 `json:"latency_p50_ms"`
-	P99Ms  float64 `json:"latency_p99_ms"`
-	// Endpoints are the server addresses that answered (as the servers saw them), with counts;
-	// Peers the client addresses the servers saw (without the port): not this one's when NATed.
-	Endpoints map[string]int64 `json:"endpoints"`
-	Peers     map[string]int64 `json:"peers"`
-}
+// result is the output; the benchmarks and tests parse it.
+type result = loadgen.Result
 
 type options struct {
 	dsts     []string

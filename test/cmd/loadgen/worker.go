@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/switchyard/switchyard/test/loadgen"
 )
 
 // worker runs requests one after another and keeps its own counts.
@@ -129,22 +129,9 @@ func (w *worker) record(line []byte) error {
 }
 
 func (w *worker) fail(err error) {
-	kind := kindOf(err)
+	kind := loadgen.Kind(err)
 	w.errs[kind]++
 	if w.firstErr == "" {
 		w.firstErr = kind + ": " + err.Error()
 	}
-}
-
-// kindOf classifies an error as test/cmd/probe does.
-func kindOf(err error) string {
-	var ne net.Error
-	switch {
-	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.EHOSTUNREACH),
-		errors.Is(err, syscall.ENETUNREACH):
-		return "refused"
-	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
-		return "timeout"
-	}
-	return "error"
 }

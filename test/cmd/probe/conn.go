@@ -7,10 +7,10 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/switchyard/switchyard/test/loadgen"
 )
 
 func probeTCP(o options) result {
@@ -91,14 +91,5 @@ func parseReply(line string, err error) result {
 
 // failure classifies an error; see the package doc for the mapping.
 func failure(err error) result {
-	r := result{Result: "error", Error: err.Error()}
-	var ne net.Error
-	switch {
-	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.EHOSTUNREACH),
-		errors.Is(err, syscall.ENETUNREACH):
-		r.Result = "refused"
-	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
-		r.Result = "timeout"
-	}
-	return r
+	return result{Result: loadgen.Kind(err), Error: err.Error()}
 }

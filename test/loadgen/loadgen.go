@@ -1,0 +1,48 @@
+// Package loadgen is what the test clients (test/cmd/probe, test/cmd/loadgen) and
+// the tools reading their output share: the load generator's result and how a
+// failed connection is named.
+package loadgen
+
+import (
+	"errors"
+	"net"
+	"os"
+	"syscall"
+)
+
+// Result is test/cmd/loadgen's output (one JSON object).
+type Result struct {
+	Mode     string  `json:"mode"`
+	Workers  int     `json:"workers"`
+	Elapsed  float64 `json:"elapsed_s"`
+	Requests int64   `json:"requests"` // answered
+	RPS      float64 `json:"rps"`      // answered per second of Elapsed
+	Conns    int64   `json:"connections"`
+	Errors   int64   `json:"errors"`
+	// ErrorKinds counts failures by Kind.
+	ErrorKinds map[string]int64 `json:"error_kinds,omitempty"`
+	FirstError string           `json:"first_error,omitempty"`
+	// Latency of the answered requests (connect included in mode conn), in milliseconds.
+	MeanMs float64 `json:"latency_mean_ms"`
+	P50Ms  float64 `json:"latency_p50_ms"`
+	P99Ms  float64 `json:"latency_p99_ms"`
+	// Endpoints are the server addresses that answered (as the servers saw them), with counts;
+	// Peers the client addresses the servers saw (without the port): not this one's when NATed.
+	Endpoints map[string]int64 `json:"endpoints"`
+	Peers     map[string]int64 `json:"peers"`
+}
+
+// Kind names a failed connection as the flow files do: "refused" (a RST, or ICMP
+// port unreachable; unreachable errors too, which a REJECT may send), "timeout",
+// or "error".
+func Kind(err error) string {
+	var ne net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.EHOSTUNREACH),
+		errors.Is(err, syscall.ENETUNREACH):
+		return "refused"
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	}
+	return "error"
+}
