@@ -1,7 +1,6 @@
 package restart
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -54,7 +53,7 @@ var (
 
 func externalScenario() topology.Scenario {
 	// The topology starts the greeting server; the request/reply one is started by the test.
-	ports := []topology.Port{{Protocol: "TCP", Port: greetPort}}
+	ports := []topology.Port{{Protocol: "TCP", Port: greetPort}, {Protocol: topology.ProtocolTCPRequestReply, Port: rrPort}}
 	return topology.Scenario{
 		Node:       topology.Node{Name: nodeName, IPs: []string{extNodeIP}},
 		RemoteNode: topology.Node{Name: remoteNode, IPs: []string{"192.168.0.3"}},
@@ -119,9 +118,6 @@ func TestKill9UnderExternalLoad(t *testing.T) {
 	t.Cleanup(cancel) // not deferred: see TestKill9UnderLoad
 
 	topo := buildTopology(t, externalScenario())
-	for _, pod := range []string{localPod, remotePod} {
-		startRequestReply(t, ctx, topo, topo.PodNS(pod))
-	}
 	ag := newAgents(t, topo, externalObjects())
 	ag.start(t, ctx)
 	client := topo.ExternalNS(extClient)
@@ -160,34 +156,6 @@ func logTCEvents(t *testing.T, ctx context.Context, topo *topology.Topology) {
 		}
 	}
 	t.Logf("tc events over the whole test: %s", strings.Join(evs, " "))
-}
-
-// startRequestReply runs the echo server's request/reply mode on rrPort in ns and waits until it
-// listens. The topology kills and reaps it on Close.
-func startRequestReply(t *testing.T, ctx context.Context, topo *topology.Topology, ns string) {
-	t.Helper()
-	cmd := topo.CommandContext(ctx, ns, support.EchoBin, "-tcp-rr", strconv.Itoa(rrPort))
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := topo.Start(cmd); err != nil {
-		t.Fatal(err)
-	}
-	ready := make(chan string, 1)
-	go func() {
-		line, _ := bufio.NewReader(out).ReadString('\n')
-		ready <- strings.TrimSpace(line)
-	}()
-	select {
-	case line := <-ready:
-		if line != "ready" {
-			t.Fatalf("echo -tcp-rr in %s: first line %q, want ready", ns, line)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatalf("echo -tcp-rr in %s: not ready after 10s", ns)
-	}
 }
 
 // ---- the long-lived connections ----

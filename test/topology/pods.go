@@ -80,20 +80,16 @@ func (t *Topology) startServer(ctx context.Context, pod Pod) error {
 }
 
 func echoArgs(ports []Port) []string {
-	var tcp, udp []string
+	byFlag := map[string][]string{}
 	for _, p := range ports {
-		if p.Protocol == "TCP" {
-			tcp = append(tcp, strconv.Itoa(p.Port))
-		} else {
-			udp = append(udp, strconv.Itoa(p.Port))
-		}
+		flag := map[string]string{"TCP": "-tcp", "UDP": "-udp", ProtocolTCPRequestReply: "-tcp-rr"}[p.Protocol]
+		byFlag[flag] = append(byFlag[flag], strconv.Itoa(p.Port))
 	}
 	var args []string
-	if len(tcp) > 0 {
-		args = append(args, "-tcp", strings.Join(tcp, ","))
-	}
-	if len(udp) > 0 {
-		args = append(args, "-udp", strings.Join(udp, ","))
+	for _, flag := range []string{"-tcp", "-udp", "-tcp-rr"} {
+		if len(byFlag[flag]) > 0 {
+			args = append(args, flag, strings.Join(byFlag[flag], ","))
+		}
 	}
 	return args
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -61,18 +60,14 @@ func buildTopology(ctx context.Context, e *env) (*topology.Topology, error) {
 		EchoBin:  e.echoBin,
 	}
 	for i := range e.o.pods {
-		// No ports: the topology would start the one-line greeting server; ours is -tcp-rr.
-		sc.Pods = append(sc.Pods, topology.Pod{Name: fmt.Sprintf("pod%d", i), IP: podIP(i), Local: true})
+		sc.Pods = append(sc.Pods, topology.Pod{Name: fmt.Sprintf("pod%d", i), IP: podIP(i), Local: true,
+			Ports: []topology.Port{{Protocol: topology.ProtocolTCPRequestReply, Port: podPort}}})
 	}
 	topo, err := topology.Build(ctx, sc)
 	if err != nil {
 		return nil, err
 	}
-	err = topo.AssertIsolated()
-	for i := 0; err == nil && i < e.o.pods; i++ {
-		err = startServer(ctx, topo, topo.PodNS(fmt.Sprintf("pod%d", i)), e.echoBin)
-	}
-	if err == nil {
+	if err = topo.AssertIsolated(); err == nil {
 		// Mode conn closes from the client side: each connection leaves a TIME_WAIT socket
 		// there. Let connect() reuse them after a second (tcp_tw_reuse_delay), from a wide
 		// port range, or the client runs out of ports within seconds. Per namespace.
@@ -83,40 +78,6 @@ func buildTopology(ctx context.Context, e *env) (*topology.Topology, error) {
 		return nil, errors.Join(err, topo.Close())
 	}
 	return topo, nil
-}
-
-// startServer runs the echo server's request/reply mode in ns and waits for
-// "ready". The topology kills and reaps it on Close.
-func startServer(ctx context.Context, topo *topology.Topology, ns, echoBin string) error {
-	cmd := topo.Command(ns, echoBin, "-tcp-rr", strconv.Itoa(podPort))
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return err
-	}
-	if err := topo.Start(cmd); err != nil {
-		return err
-	}
-	ready := make(chan error, 1)
-	go func() {
-		line, err := bufio.NewReader(out).ReadString('\n')
-		if err == nil && strings.TrimSpace(line) != "ready" {
-			err = fmt.Errorf("unexpected first line %q", line)
-		}
-		ready <- err
-	}()
-	select {
-	case err = <-ready:
-	case <-time.After(10 * time.Second):
-		err = fmt.Errorf("not ready after 10s")
-	case <-ctx.Done():
-		err = ctx.Err()
-	}
-	if err != nil {
-		return fmt.Errorf("echo -tcp-rr in %s: %w: %s", ns, err, strings.TrimSpace(stderr.String()))
-	}
-	return nil
 }
 
 // load runs the load generator in the external client's namespace and parses its result.
