@@ -1,0 +1,62 @@
+package ipvs
+
+import (
+	"errors"
+	"fmt"
+	"os/exec"
+
+	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/iptables"
+)
+
+// CleanupAll removes what IPVS mode installed in the caller's network
+// namespace (switchyard cleanup): its rules in both families and both iptables
+// variants, its virtual services (those on the device's addresses, on a port of
+// nodePorts, or in records, which may be nil), and the device. On a kernel
+// without IPVS there can be no virtual service, and ip_vs is not loaded to look.
+// Run it before iptables.CleanupAll, which cannot delete a chain that one of
+// IPVS mode's jumps still leads to.
+func CleanupAll(nodePorts dataplane.PortRange, records Records) error {
+	var errs []error
+	for _, v := range []iptables.Variant{iptables.VariantNFT, iptables.VariantLegacy} {
+		for _, f := range []dataplane.Family{dataplane.IPv4, dataplane.IPv6} {
+			if !installed(saveTool(f, v)) {
+				continue // nothing of that variant can be there
+			}
+			j, err := iptables.NewJumper(f, v)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if err := cleanupRules(iptables.NewRestorer(f, v, nil), j); err != nil {
+				errs = append(errs, fmt.Errorf("ipvs rules cleanup (%s, %s): %w", v, f, err))
+			}
+		}
+	}
+	links, err := NewKernelLinks("")
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	var handle IPVS
+	if Supported() == nil {
+		if handle, err = NewKernelIPVS(""); err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+	}
+	o := Options{Model: dataplane.Config{NodePortRange: nodePorts}}
+	errs = append(errs, newIPVSState(handle, links, DefaultDevice, o, records).cleanup())
+	return errors.Join(errs...)
+}
+
+func saveTool(f dataplane.Family, v iptables.Variant) string {
+	base := "iptables"
+	if f == dataplane.IPv6 {
+		base = "ip6tables"
+	}
+	return base + "-" + string(v) + "-save"
+}
+
+func installed(bin string) bool {
+	_, err := exec.LookPath(bin)
+	return err == nil
+}
