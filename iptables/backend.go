@@ -4,22 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os/exec"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
 
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/netfilter"
 )
-
-// Jumper installs and removes the rules in the built-in chains that lead to
-// Switchyard's (single-rule operations: -C, -I, -D), for one family.
-type Jumper interface {
-	// Ensure puts the jump first in its chain unless it is there already.
-	Ensure(j Jump) error
-	// Remove deletes the jump if it is there.
-	Remove(j Jump) error
-}
 
 // BackendConfig is what the iptables dataplane is built from. The kernel
 // boundaries are passed in, so tests give it fakes.
@@ -27,10 +18,10 @@ type BackendConfig struct {
 	Model dataplane.Config
 	// Families to program, each with its restorer and jumper.
 	Families  []dataplane.Family
-	Restorers map[dataplane.Family]Restorer
-	Jumpers   map[dataplane.Family]Jumper
-	Conntrack Conntrack
-	Sysctl    Sysctl
+	Restorers map[dataplane.Family]netfilter.Restorer
+	Jumpers   map[dataplane.Family]netfilter.Jumper
+	Conntrack netfilter.Conntrack
+	Sysctl    netfilter.Sysctl
 	// MasqueradeBit is --iptables-masquerade-bit.
 	MasqueradeBit int
 	// Metrics, when set, gets kube-proxy's iptables metrics.
@@ -76,8 +67,8 @@ func (b *Backend) ensureSysctls(c Config) error {
 		return nil
 	}
 	// As kube-proxy: the kernel routes 127.0.0.1:NodePort to a pod only with it.
-	if _, err := EnsureSysctl(b.cfg.Sysctl, SysctlRouteLocalnet, "1"); err != nil {
-		return fmt.Errorf("iptables: localhost NodePorts need %s=1: %w", SysctlRouteLocalnet, err)
+	if _, err := netfilter.EnsureSysctl(b.cfg.Sysctl, netfilter.SysctlRouteLocalnet, "1"); err != nil {
+		return fmt.Errorf("iptables: localhost NodePorts need %s=1: %w", netfilter.SysctlRouteLocalnet, err)
 	}
 	return nil
 }
@@ -149,14 +140,14 @@ func (b *Backend) Cleanup(context.Context) error {
 // Cleanup removes Switchyard's jumps and chains from one family's tables. A
 // family without any of them is not touched at all: the jump checks would
 // create the legacy tables in a namespace that uses nft.
-func Cleanup(f dataplane.Family, r Restorer, j Jumper) error {
+func Cleanup(f dataplane.Family, r netfilter.Restorer, j netfilter.Jumper) error {
 	var data []byte
 	for _, t := range tables {
 		saved, err := r.Save(t)
 		if err != nil {
 			return err
 		}
-		chains, err := ParseSave(saved, t)
+		chains, err := netfilter.ParseSave(saved, t)
 		if err != nil {
 			return err
 		}
@@ -176,17 +167,17 @@ func Cleanup(f dataplane.Family, r Restorer, j Jumper) error {
 // of the caller's network namespace (switchyard cleanup).
 func CleanupAll() error {
 	var errs []error
-	for _, v := range []Variant{VariantNFT, VariantLegacy} {
+	for _, v := range []netfilter.Variant{netfilter.VariantNFT, netfilter.VariantLegacy} {
 		for _, f := range []dataplane.Family{dataplane.IPv4, dataplane.IPv6} {
-			if save, _ := toolName(f, v, "save"); !installed(save) {
+			if !netfilter.Installed(f, v) {
 				continue // nothing of that variant can be there
 			}
-			j, err := NewJumper(f, v)
+			j, err := netfilter.NewJumper(f, v)
 			if err != nil {
 				errs = append(errs, err)
 				continue
 			}
-			if err := Cleanup(f, NewRestorer(f, v, nil), j); err != nil {
+			if err := Cleanup(f, netfilter.NewRestorer(f, v, nil), j); err != nil {
 				errs = append(errs, fmt.Errorf("iptables cleanup (%s, %s): %w", v, f, err))
 			}
 		}
@@ -211,9 +202,4 @@ func deleteChains(table string, chains map[string][]string) []byte {
 		out += l + "\n"
 	}
 	return []byte(out + "COMMIT\n")
-}
-
-func installed(bin string) bool {
-	_, err := exec.LookPath(bin)
-	return err == nil
 }

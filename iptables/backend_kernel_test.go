@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/netfilter"
 	"github.com/switchyard/switchyard/test/topology"
 )
 
@@ -13,7 +14,7 @@ import (
 // node namespace of its own: the two must not meet): a full sync, partial syncs,
 // a full sync again, then cleanup leaves nothing of Switchyard.
 func TestBackendOnTheKernel(t *testing.T) {
-	for _, v := range []Variant{VariantNFT, VariantLegacy} {
+	for _, v := range []netfilter.Variant{netfilter.VariantNFT, netfilter.VariantLegacy} {
 		t.Run(string(v), func(t *testing.T) {
 			support.Require(t)
 			requireTools(t, variantTools(v)...)
@@ -29,21 +30,21 @@ func TestBackendOnTheKernel(t *testing.T) {
 
 // kernelRound runs on a thread in the node namespace: errors come back, t.Errorf
 // reports the rest (t.Fatal would end the thread's goroutine, not the test).
-func kernelRound(t *testing.T, topo *topology.Topology, v Variant) error {
+func kernelRound(t *testing.T, topo *topology.Topology, v netfilter.Variant) error {
 	sc := scenario{}
 	c := newCluster(sc)
 	for i := range 5 {
 		svc, sl := numberedService(i, i%2 == 1, tenEndpoints(i)[:3]...)
 		c.set("ns", svc.Name, svc, sl)
 	}
-	r := NewRestorer(dataplane.IPv4, v, nsRunner(topo, topo.NodeNS()))
-	j, err := NewJumper(dataplane.IPv4, v) // runs in this thread's namespace: the node's
+	r := netfilter.NewRestorer(dataplane.IPv4, v, nsRunner(topo, topo.NodeNS()))
+	j, err := netfilter.NewJumper(dataplane.IPv4, v) // runs in this thread's namespace: the node's
 	if err != nil {
 		return err
 	}
 	b, err := NewBackend(BackendConfig{Model: sc.modelConfig(), Families: []dataplane.Family{dataplane.IPv4},
-		Restorers: map[dataplane.Family]Restorer{dataplane.IPv4: r}, Jumpers: map[dataplane.Family]Jumper{dataplane.IPv4: j},
-		Conntrack: &FakeConntrack{}, Sysctl: NewFakeSysctl(map[string]string{SysctlRouteLocalnet: "0"}), MasqueradeBit: 14})
+		Restorers: map[dataplane.Family]netfilter.Restorer{dataplane.IPv4: r}, Jumpers: map[dataplane.Family]netfilter.Jumper{dataplane.IPv4: j},
+		Conntrack: &netfilter.FakeConntrack{}, Sysctl: netfilter.NewFakeSysctl(map[string]string{netfilter.SysctlRouteLocalnet: "0"}), MasqueradeBit: 14})
 	if err != nil {
 		return err
 	}
@@ -80,7 +81,7 @@ func kernelRound(t *testing.T, topo *topology.Topology, v Variant) error {
 }
 
 // saved runs on the namespace's thread, where t.Fatal must not be called.
-func saved(t *testing.T, r Restorer, table string) string {
+func saved(t *testing.T, r netfilter.Restorer, table string) string {
 	t.Helper()
 	out, err := r.Save(table)
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/netfilter"
 )
 
 // cluster is a model fed service by service, as the tracker would.
@@ -62,21 +63,21 @@ func tenEndpoints(i int) []string {
 }
 
 type fakeKernel struct {
-	r   *FakeRestorer
-	ct  *FakeConntrack
+	r   *netfilter.FakeRestorer
+	ct  *netfilter.FakeConntrack
 	b   *Backend
 	reg *prometheus.Registry
 }
 
 func newFakeKernel(t testing.TB, sc scenario) *fakeKernel {
 	t.Helper()
-	r := NewFakeRestorer()
-	k := &fakeKernel{r: r, ct: &FakeConntrack{}, reg: prometheus.NewRegistry()}
+	r := netfilter.NewFakeRestorer()
+	k := &fakeKernel{r: r, ct: &netfilter.FakeConntrack{}, reg: prometheus.NewRegistry()}
 	b, err := NewBackend(BackendConfig{
 		Model: sc.modelConfig(), Families: []dataplane.Family{dataplane.IPv4},
-		Restorers: map[dataplane.Family]Restorer{dataplane.IPv4: r},
-		Jumpers:   map[dataplane.Family]Jumper{dataplane.IPv4: FakeJumper{r}},
-		Conntrack: k.ct, Sysctl: NewFakeSysctl(map[string]string{SysctlRouteLocalnet: "0"}), MasqueradeBit: 14,
+		Restorers: map[dataplane.Family]netfilter.Restorer{dataplane.IPv4: r},
+		Jumpers:   map[dataplane.Family]netfilter.Jumper{dataplane.IPv4: netfilter.FakeJumper{R: r}},
+		Conntrack: k.ct, Sysctl: netfilter.NewFakeSysctl(map[string]string{netfilter.SysctlRouteLocalnet: "0"}), MasqueradeBit: 14,
 		Metrics: k.reg,
 	})
 	if err != nil {
@@ -187,7 +188,7 @@ func TestFailedRestoreKeepsRulesAndNextSyncRepairs(t *testing.T) {
 	cs := c.set("ns", svc.Name, svc, sl)
 	k.r.FailNext(1)
 	err := k.b.Sync(ctx, c.st, cs)
-	if !errors.Is(err, ErrFakeInjected) {
+	if !errors.Is(err, netfilter.ErrFakeInjected) {
 		t.Fatalf("sync with a failing restore: %v", err)
 	}
 	if after := k.ruleset(); !maps.EqualFunc(before, after, slices.Equal) {
@@ -281,7 +282,7 @@ func TestStaleUDPConntrack(t *testing.T) {
 	if err := k.b.Sync(ctx, c.st, c.set("ns", svc.Name, svc, sl)); err != nil {
 		t.Fatal(err)
 	}
-	want := StaleEndpoint{Service: fe, Endpoint: netip.MustParseAddrPort("10.0.0.2:53")}
+	want := netfilter.StaleEndpoint{Service: fe, Endpoint: netip.MustParseAddrPort("10.0.0.2:53")}
 	if _, eps, _ := k.ct.Cleared(); !slices.Contains(eps, want) {
 		t.Errorf("a removed endpoint: cleared %v, want %v", eps, want)
 	}
@@ -291,13 +292,13 @@ func TestStaleUDPConntrack(t *testing.T) {
 // to reach its sources); the first sync writes the rules and route_localnet.
 func TestNothingChangesBeforeTheFirstSync(t *testing.T) {
 	sc := scenario{}
-	r := NewFakeRestorer()
-	sys := NewFakeSysctl(map[string]string{SysctlRouteLocalnet: "0"})
+	r := netfilter.NewFakeRestorer()
+	sys := netfilter.NewFakeSysctl(map[string]string{netfilter.SysctlRouteLocalnet: "0"})
 	b, err := NewBackend(BackendConfig{
 		Model: sc.modelConfig(), Families: []dataplane.Family{dataplane.IPv4},
-		Restorers: map[dataplane.Family]Restorer{dataplane.IPv4: r},
-		Jumpers:   map[dataplane.Family]Jumper{dataplane.IPv4: FakeJumper{r}},
-		Conntrack: &FakeConntrack{}, Sysctl: sys, MasqueradeBit: 14,
+		Restorers: map[dataplane.Family]netfilter.Restorer{dataplane.IPv4: r},
+		Jumpers:   map[dataplane.Family]netfilter.Jumper{dataplane.IPv4: netfilter.FakeJumper{R: r}},
+		Conntrack: &netfilter.FakeConntrack{}, Sysctl: sys, MasqueradeBit: 14,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -308,7 +309,7 @@ func TestNothingChangesBeforeTheFirstSync(t *testing.T) {
 	if err := b.Sync(context.Background(), newCluster(sc).st, nil); err != nil {
 		t.Fatal(err)
 	}
-	if v, _ := sys.Get(SysctlRouteLocalnet); v != "1" || len(r.Calls()) == 0 {
+	if v, _ := sys.Get(netfilter.SysctlRouteLocalnet); v != "1" || len(r.Calls()) == 0 {
 		t.Errorf("after the first sync: route_localnet %q, %d restores", v, len(r.Calls()))
 	}
 }

@@ -1,6 +1,7 @@
 // Package iptables is Switchyard's iptables dataplane: kube-proxy's iptables mode
 // (v1.37), rendered from the backend-neutral desired state. This part is the pure
-// function from a dataplane.State to the rules; executing them is restore*.go's job.
+// function from a dataplane.State to the rules; executing them is sync.go's job,
+// through the netfilter package's Restorer.
 package iptables
 
 import (
@@ -10,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/netfilter"
 )
 
 // Chains maps a chain name to its rules, each a complete iptables-restore line
@@ -116,51 +118,33 @@ func (c Config) nodePortCIDRs() (all bool, cidrs []netip.Prefix) {
 	return len(cidrs) == 0, cidrs
 }
 
-// Jump is a rule in a built-in chain that leads to one of Switchyard's chains. The
-// backend inserts each at the top of its chain when missing, in order (kube-proxy's
-// EnsureRule(Prepend, ...)), so on a fresh chain the last one ends up first.
-type Jump struct {
-	Table, Chain, Target string
-	Args                 []string
-	Comment              string
-}
-
-// RuleSpec is the rule as go-iptables takes it (arguments, no quoting).
-func (j Jump) RuleSpec() []string {
-	spec := append([]string{}, j.Args...)
-	if j.Comment != "" {
-		spec = append(spec, "-m", "comment", "--comment", j.Comment)
-	}
-	return append(spec, "-j", j.Target)
-}
-
 // BaseJumps are kube-proxy's iptablesJumpChains and its copy of kubelet's
 // KUBE-FIREWALL jumps, in kube-proxy's order. They are the same for every
 // configuration (SWYD-FIREWALL is jumped to even when it is empty, as KUBE-FIREWALL
 // is), so a cleanup can remove them without knowing the configuration; the Config
 // is there for the contract's sake.
-func BaseJumps(Config) []Jump {
+func BaseJumps(Config) []netfilter.Jump {
 	newOnly := func() []string { return []string{"-m", "conntrack", "--ctstate", "NEW"} }
 	const (
 		external = "kubernetes externally-visible service portals"
 		portals  = "kubernetes service portals"
 		fw       = "kubernetes load balancer firewall"
 	)
-	return []Jump{
-		{"filter", "INPUT", ChainExternalServices, newOnly(), external},
-		{"filter", "FORWARD", ChainExternalServices, newOnly(), external},
-		{"filter", "INPUT", ChainNodePorts, nil, "kubernetes health check service ports"},
-		{"filter", "FORWARD", ChainServices, newOnly(), portals},
-		{"filter", "OUTPUT", ChainServices, newOnly(), portals},
-		{"filter", "FORWARD", ChainForward, nil, "kubernetes forwarding rules"},
-		{"filter", "INPUT", ChainProxyFirewall, newOnly(), fw},
-		{"filter", "OUTPUT", ChainProxyFirewall, newOnly(), fw},
-		{"filter", "FORWARD", ChainProxyFirewall, newOnly(), fw},
-		{"nat", "OUTPUT", ChainServices, nil, portals},
-		{"nat", "PREROUTING", ChainServices, nil, portals},
-		{"nat", "POSTROUTING", ChainPostrouting, nil, "kubernetes postrouting rules"},
-		{"filter", "INPUT", ChainFirewall, nil, ""},
-		{"filter", "OUTPUT", ChainFirewall, nil, ""},
+	return []netfilter.Jump{
+		{Table: "filter", Chain: "INPUT", Target: ChainExternalServices, Args: newOnly(), Comment: external},
+		{Table: "filter", Chain: "FORWARD", Target: ChainExternalServices, Args: newOnly(), Comment: external},
+		{Table: "filter", Chain: "INPUT", Target: ChainNodePorts, Comment: "kubernetes health check service ports"},
+		{Table: "filter", Chain: "FORWARD", Target: ChainServices, Args: newOnly(), Comment: portals},
+		{Table: "filter", Chain: "OUTPUT", Target: ChainServices, Args: newOnly(), Comment: portals},
+		{Table: "filter", Chain: "FORWARD", Target: ChainForward, Comment: "kubernetes forwarding rules"},
+		{Table: "filter", Chain: "INPUT", Target: ChainProxyFirewall, Args: newOnly(), Comment: fw},
+		{Table: "filter", Chain: "OUTPUT", Target: ChainProxyFirewall, Args: newOnly(), Comment: fw},
+		{Table: "filter", Chain: "FORWARD", Target: ChainProxyFirewall, Args: newOnly(), Comment: fw},
+		{Table: "nat", Chain: "OUTPUT", Target: ChainServices, Comment: portals},
+		{Table: "nat", Chain: "PREROUTING", Target: ChainServices, Comment: portals},
+		{Table: "nat", Chain: "POSTROUTING", Target: ChainPostrouting, Comment: "kubernetes postrouting rules"},
+		{Table: "filter", Chain: "INPUT", Target: ChainFirewall},
+		{Table: "filter", Chain: "OUTPUT", Target: ChainFirewall},
 	}
 }
 
@@ -192,23 +176,6 @@ func (c Chains) declare(names ...string) {
 			c[n] = []string{}
 		}
 	}
-}
-
-// comment quotes as kube-proxy does: only when there is a space. Names come from
-// manifests too, so quotes and line breaks are dropped rather than trusted.
-func comment(s string) []string {
-	if strings.ContainsAny(s, "\"\n\r\\") {
-		s = strings.Map(func(r rune) rune {
-			if r == '"' || r == '\n' || r == '\r' || r == '\\' {
-				return -1
-			}
-			return r
-		}, s)
-	}
-	if strings.Contains(s, " ") || s == "" {
-		s = `"` + s + `"`
-	}
-	return []string{"-m", "comment", "--comment", s}
 }
 
 func protoArgs(proto string) []string { return []string{"-m", proto, "-p", proto} }

@@ -5,6 +5,7 @@ import (
 	"slices"
 
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/netfilter"
 )
 
 // TopRules renders the chains that dispatch to every service (kube-proxy's
@@ -39,7 +40,7 @@ func writeMasquerade(nat Chains, cfg Config) {
 	mark := cfg.masqMark()
 	nat.add(ChainPostrouting, args("-m", "mark", "!", "--mark", mark+"/"+mark), jump("RETURN"))
 	nat.add(ChainPostrouting, jump("MARK"), args("--xor-mark", mark))
-	nat.add(ChainPostrouting, comment("kubernetes service traffic requiring SNAT"), jump("MASQUERADE"), args("--random-fully"))
+	nat.add(ChainPostrouting, netfilter.Comment("kubernetes service traffic requiring SNAT"), jump("MASQUERADE"), args("--random-fully"))
 	nat.add(ChainMarkMasq, jump("MARK"), args("--or-mark", mark))
 }
 
@@ -49,7 +50,7 @@ func writeLocalnetFirewall(filter Chains, cfg Config) {
 	if !cfg.LocalhostNodePortsEnabled() {
 		return
 	}
-	filter.add(ChainFirewall, comment("block incoming localnet connections"),
+	filter.add(ChainFirewall, netfilter.Comment("block incoming localnet connections"),
 		args("-d", "127.0.0.0/8", "!", "-s", "127.0.0.0/8", "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT"),
 		jump("DROP"))
 }
@@ -57,7 +58,7 @@ func writeLocalnetFirewall(filter Chains, cfg Config) {
 // writeNodePortsJump is SWYD-SERVICES' last rule: what no service IP matched may be
 // a NodePort if it is addressed to the node.
 func writeNodePortsJump(nat Chains, node dataplane.NodeInfo, cfg Config) {
-	note := comment("kubernetes service nodeports; NOTE: this must be the last rule in this chain")
+	note := netfilter.Comment("kubernetes service nodeports; NOTE: this must be the last rule in this chain")
 	all, ips := nodePortDestinations(node, cfg)
 	if all {
 		dest := args("-m", "addrtype", "--dst-type", "LOCAL")
@@ -121,8 +122,8 @@ func writeForward(filter Chains, cfg Config) {
 	if !cfg.ConntrackTCPLiberal {
 		filter.add(ChainForward, args("-m", "conntrack", "--ctstate", "INVALID"), jump("DROP"))
 	}
-	filter.add(ChainForward, comment("kubernetes forwarding rules"), args("-m", "mark", "--mark", mark+"/"+mark), jump("ACCEPT"))
-	filter.add(ChainForward, comment("kubernetes forwarding conntrack rule"), args("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"), jump("ACCEPT"))
+	filter.add(ChainForward, netfilter.Comment("kubernetes forwarding rules"), args("-m", "mark", "--mark", mark+"/"+mark), jump("ACCEPT"))
+	filter.add(ChainForward, netfilter.Comment("kubernetes forwarding conntrack rule"), args("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"), jump("ACCEPT"))
 }
 
 // writeDispatch writes one service port's rules in the top chains: jumps to its
@@ -133,9 +134,9 @@ func (v *portView) writeDispatch(r Rules) {
 	if f := v.clusterIP; f != nil {
 		where := flat(protoArgs(proto), dst(f.Addr), dport(f.Port))
 		if f.Pod.Verdict == dataplane.Forward {
-			r.NAT.add(ChainServices, comment(name+" cluster IP"), where, jump(v.internalChain()))
+			r.NAT.add(ChainServices, netfilter.Comment(name+" cluster IP"), where, jump(v.internalChain()))
 		} else {
-			r.Filter.add(ChainServices, comment(v.filterComment(f.Pod.Verdict)), where, jump(filterTarget(f.Pod.Verdict)))
+			r.Filter.add(ChainServices, netfilter.Comment(v.filterComment(f.Pod.Verdict)), where, jump(filterTarget(f.Pod.Verdict)))
 		}
 	}
 	for _, f := range v.externalIPs {
@@ -145,7 +146,7 @@ func (v *portView) writeDispatch(r Rules) {
 	if v.usesFW() {
 		lbTarget = v.chains.fw
 		for _, f := range v.lbIPs {
-			r.Filter.add(ChainProxyFirewall, comment(name+" traffic not accepted by "+v.chains.fw),
+			r.Filter.add(ChainProxyFirewall, netfilter.Comment(name+" traffic not accepted by "+v.chains.fw),
 				protoArgs(proto), dst(f.Addr), dport(f.Port), jump("DROP"))
 		}
 	}
@@ -155,15 +156,15 @@ func (v *portView) writeDispatch(r Rules) {
 	if len(v.nodePorts) > 0 {
 		f := v.nodePorts[0] // every NodePort frontend of a port has the same port
 		if hasEndpoints(f) {
-			r.NAT.add(ChainNodePorts, comment(name), protoArgs(proto), dport(f.Port), jump(v.chains.ext))
+			r.NAT.add(ChainNodePorts, netfilter.Comment(name), protoArgs(proto), dport(f.Port), jump(v.chains.ext))
 		}
 		if f.Outside.Verdict != dataplane.Forward {
-			r.Filter.add(ChainExternalServices, comment(v.filterComment(f.Outside.Verdict)),
+			r.Filter.add(ChainExternalServices, netfilter.Comment(v.filterComment(f.Outside.Verdict)),
 				args("-m", "addrtype", "--dst-type", "LOCAL"), protoArgs(proto), dport(f.Port), jump(filterTarget(f.Outside.Verdict)))
 		}
 	}
 	if hc := v.first().HealthCheckNodePort; hc != 0 {
-		r.Filter.add(ChainNodePorts, comment(name+" health check node port"), protoArgs("tcp"), dport(hc), jump("ACCEPT"))
+		r.Filter.add(ChainNodePorts, netfilter.Comment(name+" health check node port"), protoArgs("tcp"), dport(hc), jump("ACCEPT"))
 	}
 }
 
@@ -173,10 +174,10 @@ func (v *portView) writeDispatch(r Rules) {
 func (v *portView) writeExternal(r Rules, f *dataplane.FrontendState, what, target string) {
 	where := flat(protoArgs(v.proto), dst(f.Addr), dport(f.Port))
 	if hasEndpoints(f) {
-		r.NAT.add(ChainServices, comment(v.name+" "+what), where, jump(target))
+		r.NAT.add(ChainServices, netfilter.Comment(v.name+" "+what), where, jump(target))
 	}
 	if f.Outside.Verdict != dataplane.Forward {
-		r.Filter.add(ChainExternalServices, comment(v.filterComment(f.Outside.Verdict)), where, jump(filterTarget(f.Outside.Verdict)))
+		r.Filter.add(ChainExternalServices, netfilter.Comment(v.filterComment(f.Outside.Verdict)), where, jump(filterTarget(f.Outside.Verdict)))
 	}
 }
 

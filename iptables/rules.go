@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/netfilter"
 )
 
 // ServiceRules renders the nat chains of one service (its SVC/SVL/EXT/FW/SEP
@@ -75,7 +76,7 @@ func (v *portView) writeInternalMasquerade(nat Chains, cfg Config) {
 	if _, ok := nat[chain]; !ok {
 		return // never jumped to
 	}
-	match := flat(comment(v.name+" cluster IP"), protoArgs(v.proto), dst(f.Addr), dport(f.Port))
+	match := flat(netfilter.Comment(v.name+" cluster IP"), protoArgs(v.proto), dst(f.Addr), dport(f.Port))
 	if cfg.MasqueradeAll {
 		nat.add(chain, match, jump(ChainMarkMasq))
 	} else if cidr, ok := cfg.detector(); ok {
@@ -98,15 +99,15 @@ func (v *portView) writeExt(nat Chains, cfg Config) {
 	nat.declare(ext)
 	_, hasSVC := nat[v.chains.svc]
 	if !e.ExternalTrafficLocal {
-		nat.add(ext, comment("masquerade traffic for "+v.name+" external destinations"), jump(ChainMarkMasq))
+		nat.add(ext, netfilter.Comment("masquerade traffic for "+v.name+" external destinations"), jump(ChainMarkMasq))
 	} else {
 		if cidr, ok := cfg.detector(); ok && hasSVC {
-			nat.add(ext, comment("pod traffic for "+v.name+" external destinations"), args("-s", cidr.String()), jump(v.chains.svc))
+			nat.add(ext, netfilter.Comment("pod traffic for "+v.name+" external destinations"), args("-s", cidr.String()), jump(v.chains.svc))
 		}
 		localSrc := args("-m", "addrtype", "--src-type", "LOCAL")
-		nat.add(ext, comment("masquerade LOCAL traffic for "+v.name+" external destinations"), localSrc, jump(ChainMarkMasq))
+		nat.add(ext, netfilter.Comment("masquerade LOCAL traffic for "+v.name+" external destinations"), localSrc, jump(ChainMarkMasq))
 		if hasSVC {
-			nat.add(ext, comment("route LOCAL traffic for "+v.name+" external destinations"), localSrc, jump(v.chains.svc))
+			nat.add(ext, netfilter.Comment("route LOCAL traffic for "+v.name+" external destinations"), localSrc, jump(v.chains.svc))
 		}
 	}
 	if _, ok := nat[v.externalPolicyChain()]; ok && e.Outside.Verdict == dataplane.Forward {
@@ -123,7 +124,7 @@ func (v *portView) writeFW(nat Chains, nodeIP netip.Addr) {
 	}
 	fw := v.chains.fw
 	nat.declare(fw)
-	c := comment(v.name + " loadbalancer IP")
+	c := netfilter.Comment(v.name + " loadbalancer IP")
 	fromNode := false
 	for _, p := range v.sourceRanges() {
 		nat.add(fw, c, args("-s", p.String()), jump(v.chains.ext))
@@ -136,7 +137,7 @@ func (v *portView) writeFW(nat Chains, nodeIP netip.Addr) {
 			nat.add(fw, c, args("-s", f.Addr.String()), jump(v.chains.ext))
 		}
 	}
-	nat.add(fw, comment("other traffic to "+v.name+" will be dropped by "+ChainProxyFirewall))
+	nat.add(fw, netfilter.Comment("other traffic to "+v.name+" will be dropped by "+ChainProxyFirewall))
 }
 
 // endpointInfo is an endpoint with its kube-proxy string ("ip:port") and SEP chain.
@@ -185,7 +186,7 @@ func (v *portView) endpointComment(ep endpointInfo, cfg Config) []string {
 	if cfg.LargeCluster {
 		return nil
 	}
-	return comment(v.name + " -> " + ep.str)
+	return netfilter.Comment(v.name + " -> " + ep.str)
 }
 
 // writeEndpointChain: the endpoint reaching itself through the service (hairpin) is
@@ -194,7 +195,7 @@ func (v *portView) endpointComment(ep endpointInfo, cfg Config) []string {
 func (v *portView) writeEndpointChain(nat Chains, ep endpointInfo, affinity bool, cfg Config) {
 	var c []string
 	if !cfg.LargeCluster {
-		c = comment(v.name)
+		c = netfilter.Comment(v.name)
 	}
 	nat.declare(ep.chain)
 	nat.add(ep.chain, c, args("-s", ep.addr.String()), jump(ChainMarkMasq))

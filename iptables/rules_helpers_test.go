@@ -13,6 +13,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/netfilter"
 )
 
 // Builders of API objects, fed through the real model.
@@ -229,7 +230,7 @@ func render(t testing.TB, st *dataplane.State, cfg Config) Rules {
 // restoreText is the iptables-restore input for the rules, the top chains first
 // (kube-proxy's order), then the service chains by name; jumps are appended to the
 // built-in chains they belong to.
-func restoreText(r Rules, jumps []Jump) string {
+func restoreText(r Rules, jumps []netfilter.Jump) string {
 	var b strings.Builder
 	for _, tbl := range []struct {
 		name   string
@@ -270,7 +271,7 @@ func chainOrder(c Chains) []string {
 }
 
 // jumpLine is a Jump as an iptables-restore line.
-func jumpLine(j Jump) string {
+func jumpLine(j netfilter.Jump) string {
 	spec := j.RuleSpec()
 	for i, s := range spec {
 		if strings.Contains(s, " ") {

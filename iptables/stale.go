@@ -5,6 +5,7 @@ import (
 	"slices"
 
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/netfilter"
 )
 
 // udpFrontends are the endpoints each UDP frontend sends new flows to, as last
@@ -15,8 +16,8 @@ type udpFrontends map[dataplane.FrontendKey][]netip.AddrPort
 // update records st and returns what became stale: frontends that got their
 // first endpoint (their flows were being rejected or dropped) and endpoints a
 // frontend no longer uses.
-func (u udpFrontends) update(st *dataplane.State, changes *dataplane.ChangeSet) StaleUDP {
-	var stale StaleUDP
+func (u udpFrontends) update(st *dataplane.State, changes *dataplane.ChangeSet) netfilter.StaleUDP {
+	var stale netfilter.StaleUDP
 	for _, k := range u.keys(st, changes) {
 		if k.Protocol != dataplane.UDP {
 			continue
@@ -28,7 +29,7 @@ func (u udpFrontends) update(st *dataplane.State, changes *dataplane.ChangeSet) 
 		}
 		for _, ep := range before {
 			if !slices.Contains(now, ep) {
-				stale.Endpoints = append(stale.Endpoints, StaleEndpoint{Service: fe, Endpoint: ep})
+				stale.Endpoints = append(stale.Endpoints, netfilter.StaleEndpoint{Service: fe, Endpoint: ep})
 			}
 		}
 		if len(now) > 0 {

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/netfilter"
 )
 
 // tables Switchyard writes, in the order each restore writes them.
@@ -25,7 +26,7 @@ var setChains = map[string]bool{
 // familySync keeps one family's chains in the kernel, writing only what changed.
 type familySync struct {
 	cfg      Config
-	restorer Restorer
+	restorer netfilter.Restorer
 
 	// kernel is what the kernel holds, per table and chain, as last written; it
 	// changes only after a restore succeeded.
@@ -38,7 +39,7 @@ type familySync struct {
 
 type tableChain struct{ table, chain string }
 
-func newFamilySync(cfg Config, r Restorer) *familySync {
+func newFamilySync(cfg Config, r netfilter.Restorer) *familySync {
 	return &familySync{cfg: cfg, restorer: r, kernel: map[string]Chains{}, owned: map[dataplane.ServiceName][]tableChain{}, full: true}
 }
 
@@ -132,7 +133,7 @@ func (f *familySync) strangers(want map[string]Chains) ([]tableChain, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s %s table: %w", f.cfg.Family, t, err)
 		}
-		have, err := ParseSave(data, t)
+		have, err := netfilter.ParseSave(data, t)
 		if err != nil {
 			return nil, err
 		}

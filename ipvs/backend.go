@@ -10,7 +10,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/switchyard/switchyard/dataplane"
-	"github.com/switchyard/switchyard/iptables"
+	"github.com/switchyard/switchyard/netfilter"
 )
 
 // Config is what the IPVS dataplane is built from. The kernel boundaries are
@@ -27,12 +27,12 @@ type Config struct {
 	Records Records
 	// Families to write iptables rules for, each with its restorer and jumper.
 	Families  []dataplane.Family
-	Restorers map[dataplane.Family]iptables.Restorer
-	Jumpers   map[dataplane.Family]iptables.Jumper
+	Restorers map[dataplane.Family]netfilter.Restorer
+	Jumpers   map[dataplane.Family]netfilter.Jumper
 	// Sysctl, when set, gets the sysctls IPVS mode relies on.
-	Sysctl iptables.Sysctl
+	Sysctl netfilter.Sysctl
 	// Conntrack, when set, forgets UDP flows a change made stale.
-	Conntrack iptables.Conntrack
+	Conntrack netfilter.Conntrack
 }
 
 // Backend is the IPVS dataplane (--mode=ipvs): kube-proxy's IPVS mode.
@@ -163,7 +163,7 @@ func (b *Backend) ensureSysctls() error {
 		{"net/ipv4/vs/expire_quiescent_template", "1"},
 		{"net/ipv4/ip_forward", "1"},
 	} {
-		if _, err := iptables.EnsureSysctl(b.cfg.Sysctl, s[0], s[1]); err != nil {
+		if _, err := netfilter.EnsureSysctl(b.cfg.Sysctl, s[0], s[1]); err != nil {
 			return fmt.Errorf("ipvs: %s=%s: %w", s[0], s[1], err)
 		}
 	}

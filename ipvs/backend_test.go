@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/switchyard/switchyard/dataplane"
-	"github.com/switchyard/switchyard/iptables"
+	"github.com/switchyard/switchyard/netfilter"
 )
 
 var ctx = context.Background()
@@ -144,7 +144,7 @@ func TestFailureForcesFullSync(t *testing.T) {
 	}
 	k.rules[dataplane.IPv4].FailNext(1)
 	cs := c.put(service("ns", "web", "172.30.0.1", withNodePort(30080)))
-	if err := b.Sync(ctx, c.st, cs); !errors.Is(err, iptables.ErrFakeInjected) {
+	if err := b.Sync(ctx, c.st, cs); !errors.Is(err, netfilter.ErrFakeInjected) {
 		t.Fatalf("sync with a failing restore: %v", err)
 	}
 	// Meanwhile someone removes a virtual service.
@@ -251,7 +251,7 @@ func TestSysctls(t *testing.T) {
 	for _, n := range names {
 		initial[n] = "0"
 	}
-	sc := iptables.NewFakeSysctl(initial)
+	sc := netfilter.NewFakeSysctl(initial)
 	cfg := Config{Options: testOptions(), IPVS: k.ipvs, Links: k.links, Sysctl: sc}
 	b, err := NewBackend(cfg)
 	if err != nil {
@@ -266,7 +266,7 @@ func TestSysctls(t *testing.T) {
 		}
 	}
 	// A kernel without IPVS has no net.ipv4.vs: the sync says so.
-	cfg.Sysctl = iptables.NewFakeSysctl(map[string]string{"net/ipv4/ip_forward": "1"})
+	cfg.Sysctl = netfilter.NewFakeSysctl(map[string]string{"net/ipv4/ip_forward": "1"})
 	b, _ = NewBackend(cfg)
 	if err := b.Sync(ctx, newCluster(modelConfig()).st, nil); err == nil || !strings.Contains(err.Error(), "net/ipv4/vs/conntrack") {
 		t.Errorf("sync without net.ipv4.vs: %v", err)
@@ -277,7 +277,7 @@ func TestSysctls(t *testing.T) {
 // its first endpoint, an endpoint that goes.
 func TestStaleUDPConntrack(t *testing.T) {
 	k := newKernel()
-	ct := &iptables.FakeConntrack{}
+	ct := &netfilter.FakeConntrack{}
 	cfg := Config{Options: testOptions(), IPVS: k.ipvs, Links: k.links, Conntrack: ct}
 	b, err := NewBackend(cfg)
 	if err != nil {
@@ -298,7 +298,7 @@ func TestStaleUDPConntrack(t *testing.T) {
 	svcs, eps, _ := ct.Cleared()
 	ap := netip.MustParseAddrPort
 	if !slices.Equal(svcs, []netip.AddrPort{ap("172.30.0.10:80")}) ||
-		!slices.Equal(eps, []iptables.StaleEndpoint{{Service: ap("172.30.0.10:80"), Endpoint: ap("10.0.2.1:8080")}}) {
+		!slices.Equal(eps, []netfilter.StaleEndpoint{{Service: ap("172.30.0.10:80"), Endpoint: ap("10.0.2.1:8080")}}) {
 		t.Errorf("cleared services %v, endpoints %v", svcs, eps)
 	}
 }

@@ -3,7 +3,7 @@ package ipvs
 import (
 	"fmt"
 
-	"github.com/switchyard/switchyard/iptables"
+	"github.com/switchyard/switchyard/netfilter"
 )
 
 // IPVS mode needs iptables rules too (kube-proxy's IPVS mode uses ipsets and a
@@ -88,9 +88,9 @@ func fixedChains(o Options) []chainSpec {
 // Jumps are the rules in the built-in chains that lead to IPVS mode's chains,
 // inserted at the top of their chains in this order (so the last ends up
 // first). They do not depend on the configuration, so a cleanup needs none.
-func Jumps() []iptables.Jump {
+func Jumps() []netfilter.Jump {
 	newOnly := []string{"-m", "conntrack", "--ctstate", "NEW"}
-	return []iptables.Jump{
+	return []netfilter.Jump{
 		{Table: "nat", Chain: "OUTPUT", Target: ChainServices, Comment: "kubernetes service portals"},
 		{Table: "nat", Chain: "PREROUTING", Target: ChainServices, Comment: "kubernetes service portals"},
 		{Table: "nat", Chain: "POSTROUTING", Target: ChainPostrouting, Comment: "kubernetes postrouting rules"},

@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/switchyard/switchyard/dataplane"
-	"github.com/switchyard/switchyard/iptables"
+	"github.com/switchyard/switchyard/netfilter"
 )
 
 // assertKernel checks that the fake kernel holds exactly what the pure
@@ -107,7 +107,7 @@ func sorted(s []string) []string {
 }
 
 // jumpRule is a jump as the fake jumper writes it.
-func jumpRule(j iptables.Jump) string {
+func jumpRule(j netfilter.Jump) string {
 	parts := []string{"-A", j.Chain}
 	for _, s := range j.RuleSpec() {
 		if strings.Contains(s, " ") {

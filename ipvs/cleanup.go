@@ -3,10 +3,9 @@ package ipvs
 import (
 	"errors"
 	"fmt"
-	"os/exec"
 
 	"github.com/switchyard/switchyard/dataplane"
-	"github.com/switchyard/switchyard/iptables"
+	"github.com/switchyard/switchyard/netfilter"
 )
 
 // CleanupAll removes what IPVS mode installed in the caller's network
@@ -18,17 +17,17 @@ import (
 // IPVS mode's jumps still leads to.
 func CleanupAll(nodePorts dataplane.PortRange, records Records) error {
 	var errs []error
-	for _, v := range []iptables.Variant{iptables.VariantNFT, iptables.VariantLegacy} {
+	for _, v := range []netfilter.Variant{netfilter.VariantNFT, netfilter.VariantLegacy} {
 		for _, f := range []dataplane.Family{dataplane.IPv4, dataplane.IPv6} {
-			if !installed(saveTool(f, v)) {
+			if !netfilter.Installed(f, v) {
 				continue // nothing of that variant can be there
 			}
-			j, err := iptables.NewJumper(f, v)
+			j, err := netfilter.NewJumper(f, v)
 			if err != nil {
 				errs = append(errs, err)
 				continue
 			}
-			if err := cleanupRules(iptables.NewRestorer(f, v, nil), j); err != nil {
+			if err := cleanupRules(netfilter.NewRestorer(f, v, nil), j); err != nil {
 				errs = append(errs, fmt.Errorf("ipvs rules cleanup (%s, %s): %w", v, f, err))
 			}
 		}
@@ -46,17 +45,4 @@ func CleanupAll(nodePorts dataplane.PortRange, records Records) error {
 	o := Options{Model: dataplane.Config{NodePortRange: nodePorts}}
 	errs = append(errs, newIPVSState(handle, links, DefaultDevice, o, records).cleanup())
 	return errors.Join(errs...)
-}
-
-func saveTool(f dataplane.Family, v iptables.Variant) string {
-	base := "iptables"
-	if f == dataplane.IPv6 {
-		base = "ip6tables"
-	}
-	return base + "-" + string(v) + "-save"
-}
-
-func installed(bin string) bool {
-	_, err := exec.LookPath(bin)
-	return err == nil
 }

@@ -24,7 +24,7 @@
 //     switchyard cleanup;
 //   - kernel_*.go: the kernel boundaries (IPVS over github.com/moby/ipvs,
 //     netlink over github.com/vishvananda/netlink), fake_*.go their fakes; the
-//     rules go through iptables.Restorer and iptables.Jumper.
+//     rules go through netfilter.Restorer and netfilter.Jumper.
 //
 // A partial sync writes only the frontends that changed, from the cache; a
 // full sync (the first, every --sync-period, after any failure) reads the

@@ -17,7 +17,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/switchyard/switchyard/dataplane"
-	"github.com/switchyard/switchyard/iptables"
+	"github.com/switchyard/switchyard/netfilter"
 )
 
 // Builders of API objects, fed through the real model.
@@ -169,7 +169,7 @@ func (c *cluster) put(svc *v1.Service, eps ...string) *dataplane.ChangeSet {
 type kernel struct {
 	ipvs    *FakeIPVS
 	links   *FakeLinks
-	rules   map[dataplane.Family]*iptables.FakeRestorer
+	rules   map[dataplane.Family]*netfilter.FakeRestorer
 	records *MemRecords
 }
 
@@ -177,7 +177,7 @@ func newKernel() *kernel {
 	return &kernel{
 		ipvs:    NewFakeIPVS(),
 		links:   NewFakeLinks(map[string][]netip.Addr{"eth0": nodeIPs, "lo": {netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()}}),
-		rules:   map[dataplane.Family]*iptables.FakeRestorer{dataplane.IPv4: iptables.NewFakeRestorer(), dataplane.IPv6: iptables.NewFakeRestorer()},
+		rules:   map[dataplane.Family]*netfilter.FakeRestorer{dataplane.IPv4: netfilter.NewFakeRestorer(), dataplane.IPv6: netfilter.NewFakeRestorer()},
 		records: &MemRecords{},
 	}
 }
@@ -187,9 +187,9 @@ func (k *kernel) backend(t testing.TB, o Options) *Backend {
 	t.Helper()
 	cfg := Config{Options: o, IPVS: k.ipvs, Links: k.links, Records: k.records,
 		Families:  []dataplane.Family{dataplane.IPv4, dataplane.IPv6},
-		Restorers: map[dataplane.Family]iptables.Restorer{}, Jumpers: map[dataplane.Family]iptables.Jumper{}}
+		Restorers: map[dataplane.Family]netfilter.Restorer{}, Jumpers: map[dataplane.Family]netfilter.Jumper{}}
 	for f, r := range k.rules {
-		cfg.Restorers[f], cfg.Jumpers[f] = r, iptables.FakeJumper{R: r}
+		cfg.Restorers[f], cfg.Jumpers[f] = r, netfilter.FakeJumper{R: r}
 	}
 	b, err := NewBackend(cfg)
 	if err != nil {

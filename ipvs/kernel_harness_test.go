@@ -11,7 +11,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/switchyard/switchyard/dataplane"
-	"github.com/switchyard/switchyard/iptables"
+	"github.com/switchyard/switchyard/netfilter"
 	"github.com/switchyard/switchyard/test/topology"
 )
 
@@ -40,11 +40,11 @@ func newKernelNode(t *testing.T, topo *topology.Topology) *kernelNode {
 	}
 	n.cfg = Config{Options: Options{Model: modelConfig(), MasqueradeBit: 14}, IPVS: n.ipvs, Links: l,
 		Records: FileRecords{Path: t.TempDir() + "/records"}, Families: []dataplane.Family{dataplane.IPv4, dataplane.IPv6},
-		Restorers: map[dataplane.Family]iptables.Restorer{}, Jumpers: map[dataplane.Family]iptables.Jumper{}, Sysctl: iptables.ProcSysctl{}}
+		Restorers: map[dataplane.Family]netfilter.Restorer{}, Jumpers: map[dataplane.Family]netfilter.Jumper{}, Sysctl: netfilter.ProcSysctl{}}
 	err = n.inNode(func() error {
 		for _, f := range n.cfg.Families {
-			n.cfg.Restorers[f] = iptables.NewRestorer(f, iptables.VariantNFT, run)
-			j, err := iptables.NewJumper(f, iptables.VariantNFT) // runs its binary in this thread's namespace
+			n.cfg.Restorers[f] = netfilter.NewRestorer(f, netfilter.VariantNFT, run)
+			j, err := netfilter.NewJumper(f, netfilter.VariantNFT) // runs its binary in this thread's namespace
 			if err != nil {
 				return err
 			}

@@ -6,7 +6,6 @@ import (
 	"strings"
 
 	"github.com/switchyard/switchyard/dataplane"
-	"github.com/switchyard/switchyard/iptables"
 )
 
 // ruleSet is one family's rules as the sum of what its frontends contribute.
@@ -53,10 +52,10 @@ func (s *ruleSet) own() map[string][]string {
 
 // Chains renders the whole ruleset, per table: every chain with its lines, set
 // lines sorted (for stable output) before the tail.
-func (s *ruleSet) Chains() map[string]iptables.Chains {
-	out := map[string]iptables.Chains{}
+func (s *ruleSet) Chains() map[string]map[string][]string {
+	out := map[string]map[string][]string{}
 	for _, t := range tables {
-		out[t] = iptables.Chains{}
+		out[t] = map[string][]string{}
 	}
 	byChain := map[tableChain][]string{}
 	for l := range s.refs {

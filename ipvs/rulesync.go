@@ -6,14 +6,14 @@ import (
 	"strings"
 
 	"github.com/switchyard/switchyard/dataplane"
-	"github.com/switchyard/switchyard/iptables"
+	"github.com/switchyard/switchyard/netfilter"
 )
 
 // familyRules keeps one family's rules in the kernel, writing only what changed.
 type familyRules struct {
 	family   dataplane.Family
-	restorer iptables.Restorer
-	jumper   iptables.Jumper
+	restorer netfilter.Restorer
+	jumper   netfilter.Jumper
 	opts     Options
 	// kernel is what the kernel holds, as last written; it changes only after a
 	// restore succeeded.
@@ -22,7 +22,7 @@ type familyRules struct {
 	full bool
 }
 
-func newFamilyRules(f dataplane.Family, r iptables.Restorer, j iptables.Jumper, o Options) *familyRules {
+func newFamilyRules(f dataplane.Family, r netfilter.Restorer, j netfilter.Jumper, o Options) *familyRules {
 	return &familyRules{family: f, restorer: r, jumper: j, opts: o, kernel: newRuleSet(o), full: true}
 }
 
@@ -101,12 +101,12 @@ func (fr *familyRules) strangers(want *ruleSet) (map[string][]string, error) {
 }
 
 // savedChains lists IPVS mode's chains in a table.
-func savedChains(r iptables.Restorer, table string) ([]string, error) {
+func savedChains(r netfilter.Restorer, table string) ([]string, error) {
 	data, err := r.Save(table)
 	if err != nil {
 		return nil, err
 	}
-	chains, err := iptables.ParseSave(data, table)
+	chains, err := netfilter.ParseSave(data, table)
 	if err != nil {
 		return nil, err
 	}
@@ -122,7 +122,7 @@ func savedChains(r iptables.Restorer, table string) ([]string, error) {
 // cleanupRules removes IPVS mode's jumps and chains from one family's tables. A
 // family without any of its chains is not touched at all (checking for jumps
 // would create tables of a variant the node does not use).
-func cleanupRules(r iptables.Restorer, j iptables.Jumper) error {
+func cleanupRules(r netfilter.Restorer, j netfilter.Jumper) error {
 	te := map[string]*tableEdits{}
 	found := false
 	for _, t := range tables {

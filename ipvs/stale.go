@@ -7,15 +7,15 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/switchyard/switchyard/dataplane"
-	"github.com/switchyard/switchyard/iptables"
+	"github.com/switchyard/switchyard/netfilter"
 )
 
 // staleUDP is what conntrack must forget after the sync: the flows of UDP
 // frontends that get their first destination (their packets were refused), and
 // those that went to a destination that is gone (kube-proxy's conntrack
 // cleanup in IPVS mode).
-func staleUDP(old, want map[dataplane.FrontendKey]*Wanted, full bool) iptables.StaleUDP {
-	var out iptables.StaleUDP
+func staleUDP(old, want map[dataplane.FrontendKey]*Wanted, full bool) netfilter.StaleUDP {
+	var out netfilter.StaleUDP
 	keys := map[dataplane.FrontendKey]bool{}
 	for k := range want {
 		keys[k] = true
@@ -36,7 +36,7 @@ func staleUDP(old, want map[dataplane.FrontendKey]*Wanted, full bool) iptables.S
 		}
 		for _, d := range before {
 			if !slices.Contains(now, d) {
-				out.Endpoints = append(out.Endpoints, iptables.StaleEndpoint{Service: fe, Endpoint: d})
+				out.Endpoints = append(out.Endpoints, netfilter.StaleEndpoint{Service: fe, Endpoint: d})
 			}
 		}
 	}
@@ -54,7 +54,7 @@ func destsOf(w *Wanted) []netip.AddrPort {
 	return out
 }
 
-func (b *Backend) clearStale(stale iptables.StaleUDP) {
+func (b *Backend) clearStale(stale netfilter.StaleUDP) {
 	if b.cfg.Conntrack == nil || (len(stale.Services) == 0 && len(stale.Endpoints) == 0) {
 		return
 	}

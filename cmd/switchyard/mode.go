@@ -15,6 +15,7 @@ import (
 	"github.com/switchyard/switchyard/bpf"
 	"github.com/switchyard/switchyard/dataplane"
 	"github.com/switchyard/switchyard/iptables"
+	"github.com/switchyard/switchyard/netfilter"
 )
 
 // resolveMode turns auto into a concrete mode, saying why on log: eBPF when the
@@ -89,19 +90,19 @@ func newIPTablesBackend(cfg *agentConfig, metrics prometheus.Registerer) (datapl
 		return nil, err
 	}
 	klog.InfoS("Using the iptables binaries", "variant", v)
-	ct, err := iptables.NewConntrack(nil)
+	ct, err := netfilter.NewConntrack(nil)
 	if err != nil {
 		return nil, err
 	}
-	bc := iptables.BackendConfig{Model: cfg.model, Conntrack: ct, Sysctl: iptables.ProcSysctl{}, MasqueradeBit: cfg.masqBit, Metrics: metrics,
-		Restorers: map[dataplane.Family]iptables.Restorer{}, Jumpers: map[dataplane.Family]iptables.Jumper{}}
+	bc := iptables.BackendConfig{Model: cfg.model, Conntrack: ct, Sysctl: netfilter.ProcSysctl{}, MasqueradeBit: cfg.masqBit, Metrics: metrics,
+		Restorers: map[dataplane.Family]netfilter.Restorer{}, Jumpers: map[dataplane.Family]netfilter.Jumper{}}
 	for _, f := range []dataplane.Family{dataplane.IPv4, dataplane.IPv6} {
-		j, err := iptables.NewJumper(f, v)
+		j, err := netfilter.NewJumper(f, v)
 		if err != nil {
 			return nil, err
 		}
 		bc.Families = append(bc.Families, f)
-		bc.Restorers[f], bc.Jumpers[f] = iptables.NewRestorer(f, v, nil), j
+		bc.Restorers[f], bc.Jumpers[f] = netfilter.NewRestorer(f, v, nil), j
 	}
 	return iptables.NewBackend(bc)
 }

@@ -16,7 +16,7 @@ import (
 
 	"github.com/switchyard/switchyard/bpf"
 	"github.com/switchyard/switchyard/dataplane"
-	"github.com/switchyard/switchyard/iptables"
+	"github.com/switchyard/switchyard/netfilter"
 )
 
 // Modes the agent knows. Only the ones in builtModes can run today.
@@ -69,7 +69,7 @@ func newOptions() *options {
 		bpfMaxServices:     bpf.DefaultMaxServices,
 		bpfMaxBackends:     bpf.DefaultMaxBackends,
 		tcAttach:           string(bpf.TCAuto),
-		iptablesVariant:    string(iptables.VariantAuto),
+		iptablesVariant:    string(netfilter.VariantAuto),
 		masqueradeBit:      14,
 	}
 }
@@ -127,7 +127,7 @@ type agentConfig struct {
 	bpfMaps       [2]uint32 // services, backends
 	devices       []string
 	tcMode        bpf.TCMode
-	iptVariant    iptables.Variant
+	iptVariant    netfilter.Variant
 	masqBit       int
 }
 

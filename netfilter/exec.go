@@ -1,4 +1,4 @@
-package iptables
+package netfilter
 
 import (
 	"bytes"
@@ -80,4 +80,15 @@ func toolName(family dataplane.Family, variant Variant, tool string) (string, er
 		return "", fmt.Errorf("iptables: unknown IP family %d", family)
 	}
 	return base + "-" + string(variant) + "-" + tool, nil
+}
+
+// Installed reports whether the iptables-save of a family and resolved variant is
+// on the PATH: without it, nothing of that variant can be in the kernel.
+func Installed(family dataplane.Family, variant Variant) bool {
+	save, err := toolName(family, variant, "save")
+	if err != nil {
+		return false
+	}
+	_, err = exec.LookPath(save)
+	return err == nil
 }

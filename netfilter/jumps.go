@@ -1,12 +1,57 @@
-package iptables
+package netfilter
 
 import (
 	"fmt"
+	"strings"
 
 	goipt "github.com/coreos/go-iptables/iptables"
 
 	"github.com/switchyard/switchyard/dataplane"
 )
+
+// Jumper installs and removes the rules in the built-in chains that lead to
+// Switchyard's (single-rule operations: -C, -I, -D), for one family.
+type Jumper interface {
+	// Ensure puts the jump first in its chain unless it is there already.
+	Ensure(j Jump) error
+	// Remove deletes the jump if it is there.
+	Remove(j Jump) error
+}
+
+// Jump is a rule in a built-in chain that leads to one of Switchyard's chains. The
+// backend inserts each at the top of its chain when missing, in order (kube-proxy's
+// EnsureRule(Prepend, ...)), so on a fresh chain the last one ends up first.
+type Jump struct {
+	Table, Chain, Target string
+	Args                 []string
+	Comment              string
+}
+
+// RuleSpec is the rule as go-iptables takes it (arguments, no quoting).
+func (j Jump) RuleSpec() []string {
+	spec := append([]string{}, j.Args...)
+	if j.Comment != "" {
+		spec = append(spec, "-m", "comment", "--comment", j.Comment)
+	}
+	return append(spec, "-j", j.Target)
+}
+
+// Comment quotes as kube-proxy does: only when there is a space. Names come from
+// manifests too, so quotes and line breaks are dropped rather than trusted.
+func Comment(s string) []string {
+	if strings.ContainsAny(s, "\"\n\r\\") {
+		s = strings.Map(func(r rune) rune {
+			if r == '"' || r == '\n' || r == '\r' || r == '\\' {
+				return -1
+			}
+			return r
+		}, s)
+	}
+	if strings.Contains(s, " ") || s == "" {
+		s = `"` + s + `"`
+	}
+	return []string{"-m", "comment", "--comment", s}
+}
 
 // goJumper makes the single-rule changes with go-iptables, through the
 // variant's own binary (iptables-nft, ip6tables-legacy, ...).

@@ -1,4 +1,4 @@
-package iptables
+package netfilter
 
 import (
 	"slices"
@@ -34,7 +34,7 @@ func (f FakeJumper) Remove(j Jump) error {
 func jumpRule(j Jump) string {
 	parts := append([]string{"-A", j.Chain}, j.Args...)
 	if j.Comment != "" {
-		parts = append(parts, comment(j.Comment)...)
+		parts = append(parts, Comment(j.Comment)...)
 	}
 	return strings.Join(append(parts, "-j", j.Target), " ")
 }
