@@ -38,7 +38,6 @@ func TestBadFlagsExit2NamingTheFlag(t *testing.T) {
 		{[]string{"agent", "--sync-period=0s"}, "--sync-period"},
 		{[]string{"agent", "--sync-period=soon"}, "sync-period"},
 		{[]string{"agent", "--source=ftp://x"}, "--source"},
-		{[]string{"agent", "--mode=ipvs"}, "not built yet"},
 		{[]string{"agent", "--iptables-variant=bogus"}, "--iptables-variant"},
 		{[]string{"agent", "--iptables-masquerade-bit=32"}, "--iptables-masquerade-bit"},
 		{[]string{"agent", "extra-arg"}, "unexpected arguments"},

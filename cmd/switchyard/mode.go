@@ -15,6 +15,7 @@ import (
 	"github.com/switchyard/switchyard/bpf"
 	"github.com/switchyard/switchyard/dataplane"
 	"github.com/switchyard/switchyard/iptables"
+	"github.com/switchyard/switchyard/ipvs"
 	"github.com/switchyard/switchyard/netfilter"
 )
 
@@ -50,6 +51,8 @@ func newBackend(mode string, cfg *agentConfig, out io.Writer, metrics prometheus
 			Devices: cfg.devices, TCMode: cfg.tcMode, ClusterCIDRs: cfg.model.ClusterCIDRs})
 	case "iptables":
 		return newIPTablesBackend(cfg, metrics)
+	case "ipvs":
+		return newIPVSBackend(cfg)
 	}
 	return nil, usageError{fmt.Errorf("--mode: the %s dataplane is not built yet; this release has: %s", mode, strings.Join(builtList(), ", "))}
 }
@@ -85,6 +88,48 @@ func cgroupV2Root() (string, error) {
 // newIPTablesBackend builds the iptables dataplane for both families, with the
 // iptables binaries the node's rules are in (or --iptables-variant).
 func newIPTablesBackend(cfg *agentConfig, metrics prometheus.Registerer) (dataplane.Backend, error) {
+	nf, err := newNetfilter(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return iptables.NewBackend(iptables.BackendConfig{Model: cfg.model, Conntrack: nf.ct, Sysctl: netfilter.ProcSysctl{},
+		MasqueradeBit: cfg.masqBit, Metrics: metrics, Families: nf.families, Restorers: nf.restorers, Jumpers: nf.jumpers})
+}
+
+// newIPVSBackend builds the IPVS dataplane; a kernel without IPVS is an error
+// at start, with what to do instead.
+func newIPVSBackend(cfg *agentConfig) (dataplane.Backend, error) {
+	h, err := ipvs.NewKernelIPVS("")
+	if err != nil {
+		return nil, err
+	}
+	links, err := ipvs.NewKernelLinks("")
+	if err != nil {
+		return nil, err
+	}
+	nf, err := newNetfilter(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return ipvs.NewBackend(ipvs.Config{
+		Options: ipvs.Options{Model: cfg.model, Scheduler: cfg.ipvsScheduler, MasqueradeBit: cfg.masqBit},
+		IPVS:    h, Links: links, Records: ipvs.FileRecords{Path: ipvs.DefaultRecordsPath},
+		Families: nf.families, Restorers: nf.restorers, Jumpers: nf.jumpers,
+		Sysctl: netfilter.ProcSysctl{}, Conntrack: nf.ct,
+	})
+}
+
+// netfilterParts are the kernel boundaries the iptables and IPVS modes share.
+type netfilterParts struct {
+	families  []dataplane.Family
+	restorers map[dataplane.Family]netfilter.Restorer
+	jumpers   map[dataplane.Family]netfilter.Jumper
+	ct        netfilter.Conntrack
+}
+
+// newNetfilter opens both families with the iptables binaries the node's rules
+// are in (or --iptables-variant).
+func newNetfilter(cfg *agentConfig) (*netfilterParts, error) {
 	v, err := cfg.iptVariant.Resolve(nil)
 	if err != nil {
 		return nil, err
@@ -94,17 +139,16 @@ func newIPTablesBackend(cfg *agentConfig, metrics prometheus.Registerer) (datapl
 	if err != nil {
 		return nil, err
 	}
-	bc := iptables.BackendConfig{Model: cfg.model, Conntrack: ct, Sysctl: netfilter.ProcSysctl{}, MasqueradeBit: cfg.masqBit, Metrics: metrics,
-		Restorers: map[dataplane.Family]netfilter.Restorer{}, Jumpers: map[dataplane.Family]netfilter.Jumper{}}
+	nf := &netfilterParts{ct: ct, restorers: map[dataplane.Family]netfilter.Restorer{}, jumpers: map[dataplane.Family]netfilter.Jumper{}}
 	for _, f := range []dataplane.Family{dataplane.IPv4, dataplane.IPv6} {
 		j, err := netfilter.NewJumper(f, v)
 		if err != nil {
 			return nil, err
 		}
-		bc.Families = append(bc.Families, f)
-		bc.Restorers[f], bc.Jumpers[f] = netfilter.NewRestorer(f, v, nil), j
+		nf.families = append(nf.families, f)
+		nf.restorers[f], nf.jumpers[f] = netfilter.NewRestorer(f, v, nil), j
 	}
-	return iptables.NewBackend(bc)
+	return nf, nil
 }
 
 // cleanup removes what any dataplane installed: the eBPF pins (which detaches the
@@ -112,6 +156,11 @@ func newIPTablesBackend(cfg *agentConfig, metrics prometheus.Registerer) (datapl
 // this network namespace), the iptables rules of either variant, and the reserved
 // NodePort range.
 func cleanup(bpfRoot string, nodePorts dataplane.PortRange) error {
-	return errors.Join(bpf.UnpinTC(bpfRoot), bpf.Unpin(bpfRoot), iptables.CleanupAll(),
+	// IPVS first: its rules jump to chains iptables' cleanup would otherwise refuse to delete.
+	var ipvsErr error
+	if ipvs.Supported() == nil {
+		ipvsErr = ipvs.CleanupAll(nodePorts, ipvs.FileRecords{Path: ipvs.DefaultRecordsPath})
+	}
+	return errors.Join(bpf.UnpinTC(bpfRoot), bpf.Unpin(bpfRoot), ipvsErr, iptables.CleanupAll(),
 		updateReservedPorts(reservedPortsPath, nodePorts, false))
 }

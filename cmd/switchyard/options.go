@@ -22,7 +22,7 @@ import (
 // Modes the agent knows. Only the ones in builtModes can run today.
 var (
 	knownModes = []string{"auto", "ebpf", "iptables", "ipvs", "print"}
-	builtModes = map[string]bool{"print": true, "ebpf": true, "iptables": true}
+	builtModes = map[string]bool{"print": true, "ebpf": true, "iptables": true, "ipvs": true}
 )
 
 const defaultBPFRoot = "/sys/fs/bpf/switchyard"
@@ -52,6 +52,7 @@ type options struct {
 	tcAttach           string
 	iptablesVariant    string
 	masqueradeBit      int32
+	ipvsScheduler      string
 
 	flags *pflag.FlagSet
 }
@@ -98,7 +99,8 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&o.devices, "devices", o.devices, "eBPF mode: the devices that face the outside (names or glob patterns, like Cilium's --devices); NodePorts, externalIPs and LoadBalancer IPs are served to clients arriving there. Empty: the devices that carry a node address.")
 	fs.StringVar(&o.tcAttach, "bpf-tc-attach", o.tcAttach, "eBPF mode: how the tc programs attach: auto (tcx where the kernel has it, else clsact), tcx or clsact.")
 	fs.StringVar(&o.iptablesVariant, "iptables-variant", o.iptablesVariant, "iptables mode: the iptables binaries to use: nft, legacy, or auto (the one the node's rules are in, as kube-proxy's image decides).")
-	fs.Int32Var(&o.masqueradeBit, "iptables-masquerade-bit", o.masqueradeBit, "iptables mode: the bit of the packet mark that flags packets to masquerade (0-31).")
+	fs.Int32Var(&o.masqueradeBit, "iptables-masquerade-bit", o.masqueradeBit, "iptables and IPVS modes: the bit of the packet mark that flags packets to masquerade (0-31).")
+	fs.StringVar(&o.ipvsScheduler, "ipvs-scheduler", o.ipvsScheduler, "IPVS mode: the scheduler of the virtual services (rr, the default; mh and sh are also available).")
 }
 
 // usageError is a bad flag, config file or argument: the process exits 2.
@@ -129,6 +131,7 @@ type agentConfig struct {
 	tcMode        bpf.TCMode
 	iptVariant    netfilter.Variant
 	masqBit       int
+	ipvsScheduler string
 }
 
 // complete applies the config file (command-line flags win), then validates
@@ -171,6 +174,7 @@ func (o *options) validate() (*agentConfig, error) {
 		return nil, flagErr("iptables-masquerade-bit", "must be within 0-31, got %d", o.masqueradeBit)
 	}
 	c.masqBit = int(o.masqueradeBit)
+	c.ipvsScheduler = o.ipvsScheduler
 	if o.cgroupRoot != "" && !filepath.IsAbs(o.cgroupRoot) {
 		return nil, flagErr("cgroup-root", "want an absolute path, got %q", o.cgroupRoot)
 	}
