@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -218,8 +219,8 @@ kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family="IPv4"} 1
 	sameAsFresh(t, k, sc, c.st)
 }
 
-// A full sync removes chains it does not render (a crash left them, or
-// someone added them) and puts back a deleted jump.
+// Full syncs put back a deleted jump; the hourly rewrite removes chains it does
+// not render (a crash left them, or someone added them).
 func TestFullSyncRepairsDrift(t *testing.T) {
 	sc := scenario{}
 	c := newCluster(sc)
@@ -236,6 +237,16 @@ func TestFullSyncRepairsDrift(t *testing.T) {
 	if err := k.r.Restore([]byte(drift)); err != nil {
 		t.Fatal(err)
 	}
+	// Within the hour a full sync writes only what differs from what it wrote
+	// (nothing here) and puts the jump back; the hourly rewrite removes strangers.
+	if err := k.b.Sync(ctx, c.st, nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := k.b.LastLines[dataplane.IPv4]; n != 0 {
+		t.Errorf("a full sync with nothing changed wrote %d lines", n)
+	}
+	later := time.Now().Add(rewritePeriod + time.Minute)
+	k.b.fams[0].now = func() time.Time { return later }
 	if err := k.b.Sync(ctx, c.st, nil); err != nil {
 		t.Fatal(err)
 	}

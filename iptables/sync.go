@@ -7,6 +7,9 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
+
+	"k8s.io/klog/v2"
 
 	"github.com/switchyard/switchyard/dataplane"
 	"github.com/switchyard/switchyard/netfilter"
@@ -35,20 +38,32 @@ type familySync struct {
 	owned map[dataplane.ServiceName][]tableChain
 	// full: the next sync rewrites everything (at start, after any failure).
 	full bool
+	// rewritten is when everything was last rewritten; now is the clock.
+	rewritten time.Time
+	now       func() time.Time
 }
+
+// rewritePeriod is how often a full sync rewrites every rule, as kube-proxy's
+// FullSyncPeriod: in between, full syncs compare the whole desired ruleset with
+// what was written and write only the difference. Rewriting 10,000 services'
+// rules takes minutes with iptables-nft, so every --sync-period would never end.
+const rewritePeriod = time.Hour
 
 type tableChain struct{ table, chain string }
 
 func newFamilySync(cfg Config, r netfilter.Restorer) *familySync {
-	return &familySync{cfg: cfg, restorer: r, kernel: map[string]Chains{}, owned: map[dataplane.ServiceName][]tableChain{}, full: true}
+	return &familySync{cfg: cfg, restorer: r, kernel: map[string]Chains{}, owned: map[dataplane.ServiceName][]tableChain{},
+		full: true, now: time.Now}
 }
 
-// sync writes the rules of st: with changes nil (or after a failure) all of
-// them, checked against what the kernel really holds; else the dispatch chains'
-// changed rules and the chains of the changed services.
+// sync writes the rules of st. At start, after a failure and once per
+// rewritePeriod it rewrites all of them, checked against what the kernel holds;
+// other full syncs (changes nil) compare every service's rules with what was
+// written, and partial ones only the changed services'; the dispatch chains are
+// edited rule by rule.
 func (f *familySync) sync(st *dataplane.State, changes *dataplane.ChangeSet) (lines int, err error) {
-	full := changes == nil || f.full
-	names := changedServices(st, changes, full)
+	full := f.full || f.now().Sub(f.rewritten) >= rewritePeriod
+	names := f.changedServices(st, changes)
 	want := map[string]Chains{"nat": {}, "filter": {}}
 	top := TopRules(st, f.cfg)
 	merge(want, top)
@@ -58,14 +73,9 @@ func (f *familySync) sync(st *dataplane.State, changes *dataplane.ChangeSet) (li
 		merge(want, r)
 		owned[name] = chainList(r)
 	}
-	var stale []tableChain
+	stale := f.orphans(names, owned)
 	if full {
-		if stale, err = f.strangers(want); err != nil {
-			f.full = true
-			return 0, err
-		}
-	} else {
-		stale = f.orphans(names, owned)
+		stale = f.strangers(want, stale)
 	}
 	data := f.render(want, stale, full)
 	if len(data) == 0 {
@@ -75,16 +85,27 @@ func (f *familySync) sync(st *dataplane.State, changes *dataplane.ChangeSet) (li
 		f.full = true
 		return 0, fmt.Errorf("%s: %w", f.cfg.Family, err)
 	}
-	f.commit(want, stale, owned, full)
+	f.commit(want, stale, owned)
+	if full {
+		f.rewritten = f.now()
+	}
 	return bytes.Count(data, []byte("\n")), nil
 }
 
-// changedServices are the services to render: all of them on a full sync.
-func changedServices(st *dataplane.State, changes *dataplane.ChangeSet, full bool) []dataplane.ServiceName {
-	if full {
-		return slices.SortedFunc(maps.Keys(st.Services), compareNames)
+// changedServices are the services to render: with changes nil every service
+// there is and every service that had rules.
+func (f *familySync) changedServices(st *dataplane.State, changes *dataplane.ChangeSet) []dataplane.ServiceName {
+	if changes != nil && !f.full {
+		return slices.SortedFunc(maps.Keys(changes.Services), compareNames)
 	}
-	return slices.SortedFunc(maps.Keys(changes.Services), compareNames)
+	names := map[dataplane.ServiceName]bool{}
+	for n := range st.Services {
+		names[n] = true
+	}
+	for n := range f.owned {
+		names[n] = true
+	}
+	return slices.SortedFunc(maps.Keys(names), compareNames)
 }
 
 func compareNames(a, b dataplane.ServiceName) int {
@@ -124,31 +145,34 @@ func (f *familySync) orphans(names []dataplane.ServiceName, owned map[dataplane.
 	return out
 }
 
-// strangers reads the kernel back (a full sync repairs drift): its rules
-// replace the cache, and every SWYD- chain nothing renders is to go.
-func (f *familySync) strangers(want map[string]Chains) ([]tableChain, error) {
-	var out []tableChain
+// strangers reads the kernel back (a rewrite repairs drift): every SWYD- chain
+// nothing renders is to go, with the orphans already known. A table that cannot
+// be read (iptables-nft-save takes minutes, or crashes, on very large rulesets)
+// only costs the chains nobody knows about: harmless, since nothing jumps there.
+func (f *familySync) strangers(want map[string]Chains, orphans []tableChain) []tableChain {
+	out := slices.Clone(orphans)
 	for _, t := range tables {
-		data, err := f.restorer.Save(t)
+		have, err := f.readTable(t)
 		if err != nil {
-			return nil, fmt.Errorf("%s %s table: %w", f.cfg.Family, t, err)
+			klog.ErrorS(err, "Reading the rules back; unknown stale chains stay", "family", f.cfg.Family, "table", t)
+			continue
 		}
-		have, err := netfilter.ParseSave(data, t)
-		if err != nil {
-			return nil, err
-		}
-		f.kernel[t] = Chains{}
-		for chain, rules := range have {
-			if !strings.HasPrefix(chain, Prefix) {
-				continue
-			}
-			f.kernel[t][chain] = rules
-			if _, ok := want[t][chain]; !ok {
+		for chain := range have {
+			_, wanted := want[t][chain]
+			if !wanted && strings.HasPrefix(chain, Prefix) && !slices.Contains(out, tableChain{t, chain}) {
 				out = append(out, tableChain{t, chain})
 			}
 		}
 	}
-	return out, nil
+	return out
+}
+
+func (f *familySync) readTable(t string) (map[string][]string, error) {
+	data, err := f.restorer.Save(t)
+	if err != nil {
+		return nil, err
+	}
+	return netfilter.ParseSave(data, t)
 }
 
 // render is the restore input: per table, the chains to (re)write declared
@@ -219,7 +243,7 @@ func setEdits(chain string, old, new []string) []string {
 }
 
 // commit records what the restore wrote.
-func (f *familySync) commit(want map[string]Chains, stale []tableChain, owned map[dataplane.ServiceName][]tableChain, full bool) {
+func (f *familySync) commit(want map[string]Chains, stale []tableChain, owned map[dataplane.ServiceName][]tableChain) {
 	for _, t := range tables {
 		if f.kernel[t] == nil {
 			f.kernel[t] = Chains{}
@@ -229,15 +253,11 @@ func (f *familySync) commit(want map[string]Chains, stale []tableChain, owned ma
 	for _, tc := range stale {
 		delete(f.kernel[tc.table], tc.chain)
 	}
-	if full {
-		f.owned = owned
-	} else {
-		for name, chains := range owned {
-			if len(chains) == 0 {
-				delete(f.owned, name)
-			} else {
-				f.owned[name] = chains
-			}
+	for name, chains := range owned {
+		if len(chains) == 0 {
+			delete(f.owned, name)
+		} else {
+			f.owned[name] = chains
 		}
 	}
 	f.full = false
