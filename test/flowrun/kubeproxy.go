@@ -64,9 +64,9 @@ func localhostNodePorts(cfg flow.Config) bool {
 	return cfg.LocalhostNodePorts == nil || *cfg.LocalhostNodePorts
 }
 
-// startKubeProxy runs upstream kube-proxy in the node namespace (and cgroup) and
-// waits for its first sync, which includes every object already published.
-func (o Options) startKubeProxy(ctx context.Context, topo *topology.Topology, c flow.Case) (stop func() error, err error) {
+// launchKubeProxy runs upstream kube-proxy in the node namespace (and cgroup),
+// fed from the API server through a bridge, without waiting for it to sync.
+func (o Options) launchKubeProxy(ctx context.Context, topo *topology.Topology, c flow.Case) (*Proxy, error) {
 	mode := strings.TrimPrefix(o.Proxy, "kube-proxy-")
 	stopBridge, err := o.API.BridgeIntoNetns(topology.NetnsPath(topo.NodeNS()), apiPortInNode)
 	if err != nil {
@@ -83,10 +83,11 @@ func (o Options) startKubeProxy(ctx context.Context, topo *topology.Topology, c 
 	}
 	cmd := topo.CommandContext(ctx, topo.NodeNS(), o.KubeProxyBin, kubeProxyArgs(mode, c, kubeconfig)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	started := time.Now()
 	if err := topo.Start(cmd); err != nil {
 		return nil, errors.Join(err, logf.Close(), stopBridge())
 	}
-	stop = func() error {
+	stop := func() error {
 		sigErr := cmd.Process.Signal(syscall.SIGTERM)
 		waitErr := cmd.Wait()
 		var exit *exec.ExitError
@@ -96,11 +97,7 @@ func (o Options) startKubeProxy(ctx context.Context, topo *topology.Topology, c 
 		rmErr := os.Remove(logPath)
 		return errors.Join(sigErr, waitErr, logf.Close(), stopBridge(), rmErr)
 	}
-	if err := WaitSynced(ctx, topo, nodeFamilies(c), cmd); err != nil {
-		log, _ := os.ReadFile(logPath)
-		return nil, errors.Join(fmt.Errorf("kube-proxy (%s) did not sync: %w\n%s", mode, err, tail(string(log), 30)), stop())
-	}
-	return stop, nil
+	return &Proxy{Cmd: cmd, Log: logPath, Started: started, stop: stop}, nil
 }
 
 var lastSync = regexp.MustCompile(`(?m)^kubeproxy_sync_proxy_rules_last_timestamp_seconds(?:{ip_family="(IPv[46])"})? ([0-9.e+]+)$`)

@@ -188,12 +188,7 @@ func (o Options) StartProxy(ctx context.Context, topo *topology.Topology, c flow
 		}
 		unpublish = func() error { return flow.Unpublish(context.WithoutCancel(ctx), o.API.Client(), objs) }
 	}
-	var stopProxy func() error
-	if strings.HasPrefix(o.Proxy, "switchyard-") {
-		stopProxy, err = o.startSwitchyard(ctx, topo, c, objs)
-	} else {
-		stopProxy, err = o.startKubeProxy(ctx, topo, c)
-	}
+	stopProxy, err := o.launchAndWait(ctx, topo, c, objs)
 	if err != nil {
 		return nil, errors.Join(err, unpublish())
 	}

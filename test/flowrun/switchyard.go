@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/switchyard/switchyard/test/flow"
 	"github.com/switchyard/switchyard/test/topology"
@@ -31,9 +32,9 @@ func AgentArgs(mode string, c flow.Case, topo *topology.Topology, bpfRoot string
 	return append(args, "--localhost-nodeports="+strconv.FormatBool(localhostNodePorts(c.Config)))
 }
 
-// startSwitchyard runs the Switchyard agent in the node namespace and cgroup, fed
-// from manifest files or the API server, and waits for its first sync.
-func (o Options) startSwitchyard(ctx context.Context, topo *topology.Topology, c flow.Case, objs flow.Objects) (stop func() error, err error) {
+// launchSwitchyard runs the Switchyard agent in the node namespace and cgroup, fed
+// from manifest files or the API server, without waiting for it to sync.
+func (o Options) launchSwitchyard(ctx context.Context, topo *topology.Topology, c flow.Case, objs flow.Objects) (*Proxy, error) {
 	mode := strings.TrimPrefix(o.Proxy, "switchyard-")
 	work, err := os.MkdirTemp("", topo.Prefix()+"-switchyard-")
 	if err != nil {
@@ -64,10 +65,11 @@ func (o Options) startSwitchyard(ctx context.Context, topo *topology.Topology, c
 	}
 	cmd := topo.CommandContext(ctx, topo.NodeNS(), o.SwitchyardBin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	started := time.Now()
 	if err := topo.Start(cmd); err != nil {
 		return nil, errors.Join(err, logf.Close(), stopSource(), os.RemoveAll(work))
 	}
-	stop = func() error {
+	stop := func() error {
 		sigErr := cmd.Process.Signal(syscall.SIGTERM)
 		waitErr := cmd.Wait()
 		// The pins outlive the agent by design; cleanup is what removes them.
@@ -75,11 +77,7 @@ func (o Options) startSwitchyard(ctx context.Context, topo *topology.Topology, c
 		_, cleanErr := topo.Run(context.WithoutCancel(ctx), topo.NodeNS(), o.SwitchyardBin, "cleanup", "--bpf-root="+bpfRoot)
 		return errors.Join(sigErr, waitErr, cleanErr, logf.Close(), stopSource(), os.RemoveAll(work))
 	}
-	if err := WaitSynced(ctx, topo, nil, cmd); err != nil {
-		log, _ := os.ReadFile(logPath)
-		return nil, errors.Join(fmt.Errorf("switchyard (%s) did not sync: %w\n%s", mode, err, tail(string(log), 30)), stop())
-	}
-	return stop, nil
+	return &Proxy{Cmd: cmd, Log: logPath, Started: started, stop: stop}, nil
 }
 
 // AgentPkg is the Switchyard agent's package.

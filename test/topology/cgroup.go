@@ -40,6 +40,18 @@ func createCgroup(mount, name string) (*cgroup, error) {
 	return &cgroup{path: path, dir: dir}, nil
 }
 
+func writeExisting(path, value string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(value)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
 func cgroupPids(path string) ([]int, error) {
 	b, err := os.ReadFile(filepath.Join(path, "cgroup.procs"))
 	if err != nil {
@@ -55,7 +67,8 @@ func killCgroup(path string) error {
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
-	err := os.WriteFile(filepath.Join(path, "cgroup.kill"), []byte("1"), 0)
+	// No O_CREATE: cgroupfs answers a create of a missing file (before 5.14) with EACCES.
+	err := writeExisting(filepath.Join(path, "cgroup.kill"), "1")
 	if err == nil {
 		return nil
 	}
