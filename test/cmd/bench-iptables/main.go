@@ -23,10 +23,9 @@
 //
 // Run it as root from the repository root; the control-plane binaries come from
 // `make controlplane`. The sizes are measured in ascending order: the services
-// are written once (in parallel; the API server serializes Service creation,
-// about a minute for 10,000 with 8 writers) and grown for the next size. At each size the proxies run
-// one after the other, each in a fresh topology (test/topology), against the same
-// API server contents: the changes are reverted after each proxy. A proxy that
+// are written once (by -writers in parallel: about a minute for 10,000) and
+// grown for the next size. At each size the proxies run one after the other,
+// each in a fresh topology (test/topology), against the same API server contents: the changes are reverted after each proxy. A proxy that
 // does not finish its cold start within -cold-timeout is reported as such (its
 // changes are skipped) and the others are still measured; a proxy that fails
 // gets an error row and the exit status is 1. Speed is reported, never judged.
