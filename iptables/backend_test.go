@@ -245,11 +245,14 @@ func TestFullSyncRepairsDrift(t *testing.T) {
 	if n := k.b.LastLines[dataplane.IPv4]; n != 0 {
 		t.Errorf("a full sync with nothing changed wrote %d lines", n)
 	}
+	// The hourly rewrite comes with a partial sync: it must still render every service.
 	later := time.Now().Add(rewritePeriod + time.Minute)
 	k.b.fams[0].now = func() time.Time { return later }
-	if err := k.b.Sync(ctx, c.st, nil); err != nil {
+	svc2, sl2 := numberedService(2, false, "10.0.0.2")
+	if err := k.b.Sync(ctx, c.st, c.set("ns", svc2.Name, svc2, sl2)); err != nil {
 		t.Fatal(err)
 	}
+	sameAsFresh(t, k, sc, c.st)
 	if _, ok := k.r.Chains("nat")["SWYD-SVC-LEFTOVER"]; ok {
 		t.Error("a chain nothing renders survived a full sync")
 	}

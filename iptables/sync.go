@@ -63,7 +63,7 @@ func newFamilySync(cfg Config, r netfilter.Restorer) *familySync {
 // edited rule by rule.
 func (f *familySync) sync(st *dataplane.State, changes *dataplane.ChangeSet) (lines int, err error) {
 	full := f.full || f.now().Sub(f.rewritten) >= rewritePeriod
-	names := f.changedServices(st, changes)
+	names := f.changedServices(st, changes, full)
 	want := map[string]Chains{"nat": {}, "filter": {}}
 	top := TopRules(st, f.cfg)
 	merge(want, top)
@@ -92,10 +92,11 @@ func (f *familySync) sync(st *dataplane.State, changes *dataplane.ChangeSet) (li
 	return bytes.Count(data, []byte("\n")), nil
 }
 
-// changedServices are the services to render: with changes nil every service
-// there is and every service that had rules.
-func (f *familySync) changedServices(st *dataplane.State, changes *dataplane.ChangeSet) []dataplane.ServiceName {
-	if changes != nil && !f.full {
+// changedServices are the services to render: on a full sync or with changes
+// nil every service there is and every service that had rules (a rewrite must
+// render them all, or it would take their chains for strangers).
+func (f *familySync) changedServices(st *dataplane.State, changes *dataplane.ChangeSet, full bool) []dataplane.ServiceName {
+	if changes != nil && !full {
 		return slices.SortedFunc(maps.Keys(changes.Services), compareNames)
 	}
 	names := map[dataplane.ServiceName]bool{}
