@@ -2,7 +2,6 @@ package iptables
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -263,6 +262,3 @@ func (f *familySync) commit(want map[string]Chains, stale []tableChain, owned ma
 	}
 	f.full = false
 }
-
-// errNoFamilies: a node without addresses has nothing to program yet.
-var errNoFamilies = errors.New("no IP family to program")
