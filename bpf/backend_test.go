@@ -25,7 +25,7 @@ func TestBackendWritesKernelMaps(t *testing.T) {
 	var b *Backend
 	// In the node's namespace: the backend puts its tc programs on the devices of
 	// the namespace it starts in.
-	err := inNetns(topo.NodeNS(), func() (err error) {
+	err := topology.OnThreadIn(topo.NodeNS(), func() (err error) {
 		b, err = NewBackend(Config{PinDir: pinDir, CgroupPath: topo.NodeCgroup(), MaxServices: 64, MaxBackends: 64, Metrics: reg})
 		return err
 	})

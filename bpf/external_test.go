@@ -44,7 +44,7 @@ func serveExternal(t *testing.T, rpFilter int) {
 	defer cancel()
 	pinDir := filepath.Join(bpffs, topo.Prefix()+"-ext")
 	var b *Backend
-	err := inNetns(topo.NodeNS(), func() (err error) {
+	err := topology.OnThreadIn(topo.NodeNS(), func() (err error) {
 		b, err = NewBackend(Config{PinDir: pinDir, CgroupPath: topo.NodeCgroup(), MaxServices: 64, MaxBackends: 64})
 		return err
 	})
@@ -110,7 +110,7 @@ func serveExternal(t *testing.T, rpFilter int) {
 func attachedIngress(t *testing.T, ns, dev string) int {
 	t.Helper()
 	var n int
-	err := inNetns(ns, func() error {
+	err := topology.OnThreadIn(ns, func() error {
 		ifc, err := net.InterfaceByName(dev)
 		if err != nil {
 			return err

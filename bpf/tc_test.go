@@ -9,6 +9,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/test/topology"
 )
 
 // The tc programs on crafted packets (BPF_PROG_TEST_RUN), run in the node
@@ -104,7 +105,7 @@ func (e *natEnv) run(t *testing.T, prog *ebpf.Program, in pkt) (uint32, seen) {
 	t.Helper()
 	var ret uint32
 	out := make([]byte, 1600)
-	err := inNetns(e.ns, func() error {
+	err := topology.OnThreadIn(e.ns, func() error {
 		opts := &ebpf.RunOptions{Data: in.frame(), DataOut: out}
 		var err error
 		ret, err = prog.Run(opts)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"sort"
 	"testing"
@@ -16,7 +15,6 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard/switchyard/test/topology"
@@ -103,38 +101,7 @@ func countingProgram(m *ebpf.Map, slot uint32) (*ebpf.Program, error) {
 	})
 }
 
-// inNetns runs fn on an OS thread switched into the named netns. The thread is never unlocked: it
-// ends with its goroutine, so nothing else ever runs in the namespace by accident.
-func inNetns(name string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		errc <- enterAndRun(name, fn)
-	}()
-	return <-errc
-}
-
-func enterAndRun(name string, fn func() error) error {
-	target, err := netns.GetFromPath(topology.NetnsPath(name))
-	if err != nil {
-		return fmt.Errorf("netns %s: %w", name, err)
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		return fmt.Errorf("enter netns %s: %w", name, err)
-	}
-	cur, err := netns.Get()
-	if err != nil {
-		return err
-	}
-	defer cur.Close()
-	if !cur.Equal(target) {
-		return fmt.Errorf("the thread is not in netns %s after setns", name)
-	}
-	return fn()
-}
-
-func (e *tcEnv) inNode(fn func() error) error { return inNetns(e.topo.NodeNS(), fn) }
+func (e *tcEnv) inNode(fn func() error) error { return topology.OnThreadIn(e.topo.NodeNS(), fn) }
 
 // do runs fn in the node's namespace and fails the test if it fails.
 func (e *tcEnv) do(t *testing.T, what string, fn func() error) {

@@ -20,7 +20,7 @@ func TestBackendOnTheKernel(t *testing.T) {
 			requireTools(t, variantTools(v)...)
 			requireTools(t, strings.TrimSuffix(variantTools(v)[0], "-restore"))
 			topo := support.Build(t, topology.Scenario{Node: topology.Node{Name: nodeName, IPs: []string{"192.168.0.2"}}})
-			err := onNetnsThread(topo.NodeNS(), func() error { return kernelRound(t, topo, v) })
+			err := topology.OnThreadIn(topo.NodeNS(), func() error { return kernelRound(t, topo, v) })
 			if err != nil {
 				t.Fatal(err)
 			}

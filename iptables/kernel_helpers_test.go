@@ -5,11 +5,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
-
-	"github.com/vishvananda/netns"
 
 	"github.com/switchyard/switchyard/netfilter"
 	"github.com/switchyard/switchyard/test/topology"
@@ -63,38 +60,6 @@ func nsRunner(topo *topology.Topology, ns string) netfilter.Runner {
 	return func(ctx context.Context, name string, args ...string) *exec.Cmd {
 		return topo.CommandContext(ctx, ns, name, args...)
 	}
-}
-
-// onNetnsThread runs fn on an OS thread switched into the named namespace, after
-// checking that it is there. The thread is never unlocked: it ends with its
-// goroutine, so nothing else ever runs in the namespace by accident.
-func onNetnsThread(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		errc <- enterNetns(ns, fn)
-	}()
-	return <-errc
-}
-
-func enterNetns(ns string, fn func() error) error {
-	target, err := netns.GetFromPath(topology.NetnsPath(ns))
-	if err != nil {
-		return err
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		return fmt.Errorf("enter %s: %w", ns, err)
-	}
-	cur, err := netns.Get()
-	if err != nil {
-		return err
-	}
-	defer cur.Close()
-	if !cur.Equal(target) {
-		return fmt.Errorf("the thread is not in %s after setns", ns)
-	}
-	return fn()
 }
 
 // jumpRule is the jump as a restore line, quoted as the rules are (as

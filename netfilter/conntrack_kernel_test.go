@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -178,36 +177,4 @@ func entryKey(line string) (string, bool) {
 		return netip.AddrPortFrom(a, p).String()
 	}
 	return fmt.Sprintf("%s %s %s", f[0], join(seen["dst"][0], seen["dport"][0]), join(seen["src"][1], seen["sport"][1])), true
-}
-
-// onNetnsThread runs fn on an OS thread switched into the named namespace, after checking that it
-// is there. The thread is never unlocked: it ends with its goroutine, so nothing else ever runs in
-// the namespace by accident.
-func onNetnsThread(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		errc <- enterNetns(ns, fn)
-	}()
-	return <-errc
-}
-
-func enterNetns(ns string, fn func() error) error {
-	target, err := netns.GetFromPath(topology.NetnsPath(ns))
-	if err != nil {
-		return err
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		return fmt.Errorf("enter %s: %w", ns, err)
-	}
-	cur, err := netns.Get()
-	if err != nil {
-		return err
-	}
-	defer cur.Close()
-	if !cur.Equal(target) {
-		return fmt.Errorf("the thread is not in %s after setns", ns)
-	}
-	return fn()
 }

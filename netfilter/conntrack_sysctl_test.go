@@ -63,7 +63,7 @@ func TestProcSysctlNetns(t *testing.T) {
 		t.Fatal(err)
 	}
 	var changed bool
-	err = onNetnsThread(topo.NodeNS(), func() (err error) {
+	err = topology.OnThreadIn(topo.NodeNS(), func() (err error) {
 		changed, err = EnsureSysctl(ProcSysctl{}, SysctlRouteLocalnet, "1")
 		return err
 	})
