@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
@@ -141,26 +142,29 @@ func (b *Backend) Cleanup(context.Context) error {
 // family without any of them is not touched at all: the jump checks would
 // create the legacy tables in a namespace that uses nft.
 func Cleanup(f dataplane.Family, r netfilter.Restorer, j netfilter.Jumper) error {
-	var data []byte
+	ours := map[string][]string{}
 	for _, t := range tables {
-		saved, err := r.Save(t)
+		chains, err := r.ChainNames(t)
 		if err != nil {
 			return err
 		}
-		chains, err := netfilter.ParseSave(saved, t)
-		if err != nil {
-			return err
+		for _, c := range chains {
+			if strings.HasPrefix(c, Prefix) {
+				ours[t] = append(ours[t], c)
+			}
 		}
-		data = append(data, deleteChains(t, chains)...)
 	}
-	if len(data) == 0 {
+	if len(ours) == 0 {
 		return nil
 	}
 	var errs []error
 	for _, jump := range BaseJumps(DefaultConfig(f)) {
 		errs = append(errs, j.Remove(jump))
 	}
-	return errors.Join(append(errs, r.Restore(data))...)
+	for _, t := range tables {
+		errs = append(errs, r.DeleteChains(t, ours[t]))
+	}
+	return errors.Join(errs...)
 }
 
 // CleanupAll removes Switchyard's rules from both families and both variants
@@ -183,23 +187,4 @@ func CleanupAll() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// deleteChains flushes every SWYD- chain of a table, then deletes them.
-func deleteChains(table string, chains map[string][]string) []byte {
-	var decl, dels []string
-	for c := range chains {
-		if len(c) > len(Prefix) && c[:len(Prefix)] == Prefix {
-			decl = append(decl, ":"+c+" - [0:0]")
-			dels = append(dels, "-X "+c)
-		}
-	}
-	if len(decl) == 0 {
-		return nil
-	}
-	out := "*" + table + "\n"
-	for _, l := range append(decl, dels...) {
-		out += l + "\n"
-	}
-	return []byte(out + "COMMIT\n")
 }

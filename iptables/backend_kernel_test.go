@@ -1,9 +1,11 @@
 package iptables
 
 import (
+	"bytes"
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/switchyard/switchyard/dataplane"
 	"github.com/switchyard/switchyard/netfilter"
@@ -26,6 +28,74 @@ func TestBackendOnTheKernel(t *testing.T) {
 			}
 		})
 	}
+}
+
+// At 10,000 services iptables-nft-save takes a minute and then crashes (Debian's
+// 1.8.9), and iptables-nft-restore --noflush takes minutes to delete 110,000
+// chains: cleanup and the rewrite's search for stale chains use nft instead.
+func TestCleanupAt10kServicesOnTheKernel(t *testing.T) {
+	v := netfilter.VariantNFT
+	support.Require(t)
+	requireTools(t, append(variantTools(v), "nft")...)
+	topo := support.Build(t, topology.Scenario{Node: topology.Node{Name: nodeName, IPs: []string{"192.168.0.2"}}})
+	sc := scenario{}
+	c := newCluster(sc)
+	for i := range 10000 {
+		svc, sl := numberedService(i, false, tenEndpoints(i)...)
+		c.set("ns", svc.Name, svc, sl)
+	}
+	// Loaded without --noflush (the namespace is the test's own): 10 s instead of
+	// the two minutes a first sync takes.
+	all := render(t, c.st, sc.cfg())
+	rules := []byte(restoreText(all, BaseJumps(DefaultConfig(dataplane.IPv4))))
+	load := nsRunner(topo, topo.NodeNS())(context.Background(), "iptables-nft-restore")
+	load.Stdin = bytes.NewReader(rules)
+	if out, err := load.CombinedOutput(); err != nil {
+		t.Fatalf("loading the rules of 10,000 services: %v: %s", err, out)
+	}
+	r := netfilter.NewRestorer(dataplane.IPv4, v, nsRunner(topo, topo.NodeNS()))
+	if n := countChains(t, r, "nat"); n != len(all.NAT) || n < 10000*11 {
+		t.Errorf("listed %d SWYD- chains in nat, want %d", n, len(all.NAT))
+	}
+	err := topology.OnThreadIn(topo.NodeNS(), func() error {
+		j, err := netfilter.NewJumper(dataplane.IPv4, v)
+		if err != nil {
+			return err
+		}
+		start := time.Now()
+		if err := Cleanup(dataplane.IPv4, r, j); err != nil {
+			return err
+		}
+		t.Logf("cleanup of 10,000 services: %v", time.Since(start))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, table := range tables {
+		if n := countChains(t, r, table); n != 0 {
+			t.Errorf("after cleanup the %s table has %d SWYD- chains", table, n)
+		}
+	}
+}
+
+func chainNames(t *testing.T, r netfilter.Restorer, table string) []string {
+	t.Helper()
+	names, err := r.ChainNames(table)
+	if err != nil {
+		t.Errorf("listing the %s chains: %v", table, err)
+	}
+	return names
+}
+
+func countChains(t *testing.T, r netfilter.Restorer, table string) int {
+	n := 0
+	for _, c := range chainNames(t, r, table) {
+		if strings.HasPrefix(c, Prefix) {
+			n++
+		}
+	}
+	return n
 }
 
 // kernelRound runs on a thread in the node namespace: errors come back, t.Errorf

@@ -145,19 +145,19 @@ func (f *familySync) orphans(names []dataplane.ServiceName, owned map[dataplane.
 	return out
 }
 
-// strangers reads the kernel back (a rewrite repairs drift): every SWYD- chain
-// nothing renders is to go, with the orphans already known. A table that cannot
-// be read (iptables-nft-save takes minutes, or crashes, on very large rulesets)
-// only costs the chains nobody knows about: harmless, since nothing jumps there.
+// strangers lists the kernel's chains (a rewrite repairs drift): every SWYD-
+// chain nothing renders is to go, with the orphans already known. A table that
+// cannot be listed only costs the chains nobody knows about: harmless, since
+// nothing jumps there.
 func (f *familySync) strangers(want map[string]Chains, orphans []tableChain) []tableChain {
 	out := slices.Clone(orphans)
 	for _, t := range tables {
-		have, err := f.readTable(t)
+		have, err := f.restorer.ChainNames(t)
 		if err != nil {
-			klog.ErrorS(err, "Reading the rules back; unknown stale chains stay", "family", f.cfg.Family, "table", t)
+			klog.ErrorS(err, "Listing the chains; unknown stale chains stay", "family", f.cfg.Family, "table", t)
 			continue
 		}
-		for chain := range have {
+		for _, chain := range have {
 			_, wanted := want[t][chain]
 			if !wanted && strings.HasPrefix(chain, Prefix) && !slices.Contains(out, tableChain{t, chain}) {
 				out = append(out, tableChain{t, chain})
@@ -165,14 +165,6 @@ func (f *familySync) strangers(want map[string]Chains, orphans []tableChain) []t
 		}
 	}
 	return out
-}
-
-func (f *familySync) readTable(t string) (map[string][]string, error) {
-	data, err := f.restorer.Save(t)
-	if err != nil {
-		return nil, err
-	}
-	return netfilter.ParseSave(data, t)
 }
 
 // render is the restore input: per table, the chains to (re)write declared

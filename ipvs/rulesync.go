@@ -102,16 +102,12 @@ func (fr *familyRules) strangers(want *ruleSet) (map[string][]string, error) {
 
 // savedChains lists IPVS mode's chains in a table.
 func savedChains(r netfilter.Restorer, table string) ([]string, error) {
-	data, err := r.Save(table)
-	if err != nil {
-		return nil, err
-	}
-	chains, err := netfilter.ParseSave(data, table)
+	chains, err := r.ChainNames(table)
 	if err != nil {
 		return nil, err
 	}
 	var out []string
-	for c := range chains {
+	for _, c := range chains {
 		if strings.HasPrefix(c, Prefix) {
 			out = append(out, c)
 		}

@@ -107,6 +107,32 @@ func (f *FakeRestorer) Chains(table string) map[string][]string {
 	return out
 }
 
+// ChainNames lists a table's user-defined chains, sorted.
+func (f *FakeRestorer) ChainNames(table string) ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t, ok := f.tables[table]
+	if !ok {
+		return nil, fmt.Errorf("fake iptables: table %q does not exist", table)
+	}
+	var out []string
+	for c := range t.chains {
+		if !isBuiltinChain(table, c) {
+			out = append(out, c)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// DeleteChains applies the equivalent restore input.
+func (f *FakeRestorer) DeleteChains(table string, chains []string) error {
+	if len(chains) == 0 {
+		return nil
+	}
+	return f.Restore(DeleteChainsInput(table, chains))
+}
+
 // Restore applies data block by block, as iptables-restore --noflush does.
 func (f *FakeRestorer) Restore(data []byte) error {
 	f.mu.Lock()

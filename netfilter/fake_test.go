@@ -4,6 +4,7 @@ import (
 	"errors"
 	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -104,9 +105,28 @@ func runRestoreSteps(t *testing.T, r Restorer) [][2][]string {
 		if (err != nil) != s.fails {
 			t.Errorf("step %q: error %v, want failure %v", s.name, err, s.fails)
 		}
-		states = append(states, [2][]string{normalSave(t, r, "filter"), normalSave(t, r, "nat")})
+		filter, nat := normalSave(t, r, "filter"), normalSave(t, r, "nat")
+		checkChainNames(t, r, "filter", filter)
+		checkChainNames(t, r, "nat", nat)
+		states = append(states, [2][]string{filter, nat})
 	}
 	return states
+}
+
+// checkChainNames compares ChainNames with the user-defined chains a table's Save declares.
+func checkChainNames(t *testing.T, r Restorer, table string, saved []string) {
+	t.Helper()
+	var want []string
+	for _, l := range saved {
+		if name, ok := strings.CutPrefix(l, ":"); ok && !isBuiltinChain(table, strings.Fields(name)[0]) {
+			want = append(want, strings.Fields(name)[0])
+		}
+	}
+	slices.Sort(want)
+	got, err := r.ChainNames(table)
+	if err != nil || !slices.Equal(got, want) {
+		t.Errorf("ChainNames(%s) = %q, %v; Save declares %q", table, got, err, want)
+	}
 }
 
 func TestFakeRestorerSteps(t *testing.T) {

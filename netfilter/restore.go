@@ -24,6 +24,13 @@ type Restorer interface {
 	// cleanup. The tool prints rules in its canonical form ("-s 10.0.0.1/32", "-p tcp -m tcp"),
 	// which may differ from the text that was restored; ParseSave splits it into chains.
 	Save(table string) ([]byte, error)
+	// ChainNames lists the names of a table's user-defined chains, sorted: what cleanup and the
+	// search for stale chains need, and cheap where Save is not (see execRestorer.ChainNames).
+	// Built-in chains are left out: iptables-nft creates them only when a rule needs them.
+	ChainNames(table string) ([]string, error)
+	// DeleteChains flushes and deletes user-defined chains of a table in one transaction; nothing
+	// may jump to them any more.
+	DeleteChains(table string, chains []string) error
 }
 
 const (

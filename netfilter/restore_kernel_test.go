@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -27,6 +28,10 @@ func TestRestorerKernel(t *testing.T) {
 		t.Run(string(v), func(t *testing.T) {
 			topo, run := newVariantNode(t, v)
 			t.Run("steps as the fake", func(t *testing.T) { testStepsAgainstFake(t, NewRestorer(dataplane.IPv4, v, run)) })
+			t.Run("delete chains as the fake", func(t *testing.T) {
+				testDeleteChains(t, NewRestorer(dataplane.IPv4, v, run))
+				testDeleteChains(t, NewFakeRestorer())
+			})
 			t.Run("IPv6 and a failure", func(t *testing.T) { testIPv6Failure(t, NewRestorer(dataplane.IPv6, v, run)) })
 			t.Run("detect", func(t *testing.T) {
 				if got, err := DetectVariant(run); err != nil || got != v {
@@ -47,6 +52,40 @@ func testStepsAgainstFake(t *testing.T, r Restorer) {
 		if !reflect.DeepEqual(real[i], fake[i]) {
 			t.Errorf("after step %q the kernel has\n%q\n%q\nthe fake\n%q\n%q", s.name, real[i][0], real[i][1], fake[i][0], fake[i][1])
 		}
+	}
+}
+
+// testDeleteChains deletes chains that jump to each other in one call; the
+// others stay.
+func testDeleteChains(t *testing.T, r Restorer) {
+	in := "*filter\n:DC-A - [0:0]\n:DC-B - [0:0]\n:DC-KEEP - [0:0]\n-A DC-A -j DC-B\n-A DC-B -j DC-A\n-A DC-KEEP -j ACCEPT\nCOMMIT\n"
+	if err := r.Restore([]byte(in)); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.DeleteChains("filter", []string{"DC-A", "DC-B"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := r.ChainNames("filter"); err != nil || slices.Contains(got, "DC-A") || slices.Contains(got, "DC-B") || !slices.Contains(got, "DC-KEEP") {
+		t.Errorf("after deleting DC-A and DC-B: %q, %v", got, err)
+	}
+	if err := r.DeleteChains("filter", []string{"DC-KEEP"}); err != nil {
+		t.Error(err)
+	}
+	// A chain something jumps to cannot go; nothing else does either.
+	if err := r.Restore([]byte("*filter\n:DC-C - [0:0]\n:DC-D - [0:0]\n-A INPUT -j DC-D\nCOMMIT\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.DeleteChains("filter", []string{"DC-C", "DC-D"}); err == nil {
+		t.Error("deleted a chain INPUT jumps to")
+	}
+	if got, _ := r.ChainNames("filter"); !slices.Contains(got, "DC-C") {
+		t.Errorf("a failed DeleteChains deleted DC-C: %q", got)
+	}
+	if err := r.Restore([]byte("*filter\n-D INPUT -j DC-D\nCOMMIT\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.DeleteChains("filter", []string{"DC-C", "DC-D"}); err != nil {
+		t.Error(err)
 	}
 }
 
