@@ -39,7 +39,7 @@ VM_KERNELS ?= 5.10 6.1 6.12
 vm-test: vm-kernels
 	rc=0; for k in $(VM_KERNELS); do \
 		echo "# kernel $$k"; \
-		CGO_ENABLED=0 $(GO) test -count=1 -p 1 -exec "$(CURDIR)/bin/vmrun -kernel $$k" ./iptables/ ./netfilter/ ./ipvs/ ./bpf/ || rc=1; \
+		CGO_ENABLED=0 $(GO) test -short -count=1 -p 1 -exec "$(CURDIR)/bin/vmrun -kernel $$k" ./iptables/ ./netfilter/ ./ipvs/ ./bpf/ || rc=1; \
 	done; exit $$rc
 
 unit:

@@ -123,7 +123,7 @@ func clientOnce(family, proto string, connected bool, dst netip.AddrPort) (r cli
 		sa = &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}
 	}
 	if proto == "tcp" || connected {
-		if err := unix.Connect(fd, sa); err != nil {
+		if err := connect(fd, sa); err != nil {
 			return fail("connect", err)
 		}
 		peer, err := unix.Getpeername(fd)
@@ -135,7 +135,7 @@ func clientOnce(family, proto string, connected bool, dst netip.AddrPort) (r cli
 	buf := make([]byte, 512)
 	var n int
 	if proto == "tcp" {
-		n, err = unix.Read(fd, buf) // the echo server writes its line at once
+		n, err = retryEINTR(func() (int, error) { return unix.Read(fd, buf) }) // the echo server writes its line at once
 		if err != nil {
 			return fail("read", err)
 		}
@@ -150,7 +150,10 @@ func clientOnce(family, proto string, connected bool, dst netip.AddrPort) (r cli
 			return fail("send", err)
 		}
 		var from unix.Sockaddr
-		n, from, err = unix.Recvfrom(fd, buf, 0)
+		n, err = retryEINTR(func() (n int, err error) {
+			n, from, err = unix.Recvfrom(fd, buf, 0)
+			return n, err
+		})
 		if err != nil {
 			return fail("recvfrom", err)
 		}
@@ -162,6 +165,31 @@ func clientOnce(family, proto string, connected bool, dst netip.AddrPort) (r cli
 	}
 	r.Endpoint = f[0]
 	return r
+}
+
+// connect is a blocking connect that a signal (the Go runtime's preemption, often
+// under a slow emulated CPU) may interrupt: the connection goes on, and asking
+// again says whether it is done.
+func connect(fd int, sa unix.Sockaddr) error {
+	deadline := time.Now().Add(2 * time.Second)
+	err := unix.Connect(fd, sa)
+	for (err == unix.EINTR || err == unix.EALREADY) && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+		err = unix.Connect(fd, sa)
+	}
+	if err == unix.EISCONN {
+		return nil
+	}
+	return err
+}
+
+func retryEINTR(f func() (int, error)) (int, error) {
+	for {
+		n, err := f()
+		if err != unix.EINTR {
+			return n, err
+		}
+	}
 }
 
 // sockaddrString prints IPv4-mapped addresses as IPv4, like the probe and the echo server.

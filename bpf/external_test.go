@@ -12,6 +12,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/switchyard/switchyard/dataplane"
 	"github.com/switchyard/switchyard/test/topology"
@@ -106,7 +108,8 @@ func serveExternal(t *testing.T, rpFilter int) {
 	}
 }
 
-// attachedIngress counts the TCX ingress programs on a device of a namespace.
+// attachedIngress counts the ingress programs on a device of a namespace: TCX
+// links, or on kernels without TCX (before 6.6) our clsact filters.
 func attachedIngress(t *testing.T, ns, dev string) int {
 	t.Helper()
 	var n int
@@ -116,11 +119,24 @@ func attachedIngress(t *testing.T, ns, dev string) int {
 			return err
 		}
 		r, err := link.QueryPrograms(link.QueryOptions{Target: ifc.Index, Attach: ebpf.AttachTCXIngress})
+		if err == nil {
+			n = len(r.Programs)
+			return nil
+		}
+		if !errors.Is(err, unix.EINVAL) {
+			return err
+		}
+		nl, err := netlink.LinkByIndex(ifc.Index)
 		if err != nil {
 			return err
 		}
-		n = len(r.Programs)
-		return nil
+		filters, err := ourFilters(nl)
+		for _, f := range filters {
+			if f.Parent == netlink.HANDLE_MIN_INGRESS {
+				n++
+			}
+		}
+		return err
 	})
 	if err != nil {
 		t.Fatal(err)

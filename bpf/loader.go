@@ -36,6 +36,7 @@ const (
 	mapClusterCIDRs   = "cluster_cidrs"
 	mapSNATAddrs      = "snat_addrs"
 	mapTCEvents       = "lb_events"
+	mapTCScratch      = "scratch"
 )
 
 var mapNames = []string{mapServices, mapBackends, mapRevNAT, mapAffinity,
@@ -115,8 +116,10 @@ func Load(opts LoadOptions) (*Objects, error) {
 		for _, m := range spec.Maps {
 			m.Pinning = ebpf.PinByName
 		}
-		for _, m := range tcSpec.Maps {
-			m.Pinning = ebpf.PinByName
+		for name, m := range tcSpec.Maps {
+			if name != mapTCScratch { // per-CPU scratch space: nothing to keep
+				m.Pinning = ebpf.PinByName
+			}
 		}
 		co.Maps.PinPath = opts.PinDir
 	}

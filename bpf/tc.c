@@ -186,6 +186,73 @@ struct {
 	__type(value, __u64);
 } lb_events SEC(".maps");
 
+/* The refusals' new headers, with their quote (room for a TCP header). */
+struct reject4_buf {
+	__u8 vihl, tos;
+	__u16 len, id, frag;
+	__u8 ttl, proto;
+	__u16 csum;
+	__u32 saddr, daddr;
+	__u8 type, code;
+	__u16 icsum;
+	__u32 unused;
+	__u8 inner[IP4_HLEN + 20];
+};
+
+struct reject6_buf {
+	__u32 vtcfl;
+	__u16 len;
+	__u8 next, hops;
+	__u8 saddr[16], daddr[16];
+	__u8 type, code;
+	__u16 icsum;
+	__u32 unused;
+	__u8 inner[IP6_HLEN + 20];
+};
+
+struct pseudo6 {
+	__u8 saddr[16], daddr[16];
+	__u32 len;
+	__u32 next;
+};
+
+/*
+ * The large temporaries live here, not on the stack: 6.1's verifier adds bpf_loop's callback
+ * frame to the program's deepest stack and refuses more than 512 bytes. Only one of them is in
+ * use at a time, and a tc program runs to its end on one CPU.
+ */
+struct scratch {
+	union {
+		struct reject4_buf r4;
+		struct {
+			struct reject6_buf r;
+			struct pseudo6 pseudo;
+		} r6;
+		struct {
+			struct bpf_fib_lookup fib;
+			struct bpf_redir_neigh nh;
+		} fwd;
+	};
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch SEC(".maps");
+
+/* The CPU's scratch space, zeroed. */
+static __always_inline struct scratch *get_scratch(void)
+{
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&scratch, &zero);
+
+	if (sc)
+		__builtin_memset(sc, 0, sizeof(*sc));
+	return sc;
+}
+
 static __always_inline void count(__u32 ev)
 {
 	__u64 *n = bpf_map_lookup_elem(&lb_events, &ev);
@@ -379,23 +446,28 @@ static __always_inline int dec_ttl(struct __sk_buff *skb, const struct pkt *p)
 static __always_inline int forward(struct __sk_buff *skb, const struct pkt *p, const __u8 daddr[16],
 				   const __u8 saddr[16])
 {
-	struct bpf_fib_lookup fib = {};
-	struct bpf_redir_neigh nh = {};
+	struct scratch *sc = get_scratch();
+	struct bpf_fib_lookup *fib;
+	struct bpf_redir_neigh *nh;
 	long rc;
 
-	fib.ifindex = skb->ifindex;
-	fib.l4_protocol = p->proto;
-	fib.tot_len = skb->len - p->l3;
+	if (!sc)
+		return fail_shot();
+	fib = &sc->fwd.fib;
+	nh = &sc->fwd.nh;
+	fib->ifindex = skb->ifindex;
+	fib->l4_protocol = p->proto;
+	fib->tot_len = skb->len - p->l3;
 	if (p->v6) {
-		fib.family = AF_INET6;
-		__builtin_memcpy(fib.ipv6_src, saddr, 16);
-		__builtin_memcpy(fib.ipv6_dst, daddr, 16);
+		fib->family = AF_INET6;
+		__builtin_memcpy(fib->ipv6_src, saddr, 16);
+		__builtin_memcpy(fib->ipv6_dst, daddr, 16);
 	} else {
-		fib.family = AF_INET;
-		__builtin_memcpy(&fib.ipv4_src, saddr + 12, 4);
-		__builtin_memcpy(&fib.ipv4_dst, daddr + 12, 4);
+		fib->family = AF_INET;
+		__builtin_memcpy(&fib->ipv4_src, saddr + 12, 4);
+		__builtin_memcpy(&fib->ipv4_dst, daddr + 12, 4);
 	}
-	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	rc = bpf_fib_lookup(skb, fib, sizeof(*fib), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
 		count(EV_TO_STACK);
 		return TC_ACT_OK;
@@ -405,19 +477,19 @@ static __always_inline int forward(struct __sk_buff *skb, const struct pkt *p, c
 		return TC_ACT_OK; /* the stack sends "time exceeded" */
 	}
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
-		if (bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0) < 0 ||
-		    bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0) < 0)
+		if (bpf_skb_store_bytes(skb, 0, fib->dmac, ETH_ALEN, 0) < 0 ||
+		    bpf_skb_store_bytes(skb, ETH_ALEN, fib->smac, ETH_ALEN, 0) < 0)
 			return fail_shot();
-		return bpf_redirect(fib.ifindex, 0);
+		return bpf_redirect(fib->ifindex, 0);
 	}
 	if (p->v6) {
-		nh.nh_family = AF_INET6;
-		__builtin_memcpy(nh.ipv6_nh, fib.ipv6_dst, 16);
+		nh->nh_family = AF_INET6;
+		__builtin_memcpy(nh->ipv6_nh, fib->ipv6_dst, 16);
 	} else {
-		nh.nh_family = AF_INET;
-		nh.ipv4_nh = fib.ipv4_dst;
+		nh->nh_family = AF_INET;
+		nh->ipv4_nh = fib->ipv4_dst;
 	}
-	return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+	return bpf_redirect_neigh(fib->ifindex, nh, sizeof(*nh), 0);
 }
 
 /* ---- REJECT: ICMP port unreachable, built in place and sent back ---- */
@@ -507,76 +579,62 @@ static __always_inline int send_back(struct __sk_buff *skb, const struct pkt *p,
  */
 static __always_inline int reject4(struct __sk_buff *skb, const struct pkt *p)
 {
-	struct {
-		__u8 vihl, tos;
-		__u16 len, id, frag;
-		__u8 ttl, proto;
-		__u16 csum;
-		__u32 saddr, daddr;
-		__u8 type, code;
-		__u16 icsum;
-		__u32 unused;
-		__u8 inner[IP4_HLEN + 20];
-	} r = {};
+	struct scratch *sc = get_scratch();
+	struct reject4_buf *r;
 	int tcp = p->proto == IPPROTO_TCP;
 	__u32 quote = IP4_HLEN + quote_l4_len(p);
 
-	if (load_quote(skb, p, r.inner, IP4_HLEN) < 0)
+	if (!sc)
 		return fail_shot();
-	r.vihl = 0x45;
-	r.tos = 0xc0;
-	r.len = bpf_htons(IP4_HLEN + 8 + quote);
-	r.ttl = 64;
-	r.proto = IPPROTO_ICMP;
-	__builtin_memcpy(&r.saddr, p->t.daddr + 12, 4);
-	__builtin_memcpy(&r.daddr, p->t.saddr + 12, 4);
-	r.type = 3; /* destination unreachable */
-	r.code = 3; /* port unreachable */
-	r.csum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r, IP4_HLEN, 0));
+	r = &sc->r4;
+	if (load_quote(skb, p, r->inner, IP4_HLEN) < 0)
+		return fail_shot();
+	r->vihl = 0x45;
+	r->tos = 0xc0;
+	r->len = bpf_htons(IP4_HLEN + 8 + quote);
+	r->ttl = 64;
+	r->proto = IPPROTO_ICMP;
+	__builtin_memcpy(&r->saddr, p->t.daddr + 12, 4);
+	__builtin_memcpy(&r->daddr, p->t.saddr + 12, 4);
+	r->type = 3; /* destination unreachable */
+	r->code = 3; /* port unreachable */
+	r->csum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)r, IP4_HLEN, 0));
 	/* a UDP quote leaves zeros at the end of inner: they add nothing to the sum */
-	r.icsum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r.type, sizeof(r) - IP4_HLEN, 0));
-	return send_back(skb, p, quote, IP4_HLEN + 8, &r, sizeof(r), tcp);
+	r->icsum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r->type, sizeof(*r) - IP4_HLEN, 0));
+	return send_back(skb, p, quote, IP4_HLEN + 8, r, sizeof(*r), tcp);
 }
 
 /* The same for IPv6: ICMPv6 type 1 code 4, whose checksum covers a pseudo header. */
 static __always_inline int reject6(struct __sk_buff *skb, const struct pkt *p)
 {
-	struct {
-		__u32 vtcfl;
-		__u16 len;
-		__u8 next, hops;
-		__u8 saddr[16], daddr[16];
-		__u8 type, code;
-		__u16 icsum;
-		__u32 unused;
-		__u8 inner[IP6_HLEN + 20];
-	} r = {};
-	struct {
-		__u8 saddr[16], daddr[16];
-		__u32 len;
-		__u32 next;
-	} pseudo = {};
+	struct scratch *sc = get_scratch();
+	struct reject6_buf *r;
+	struct pseudo6 *pseudo;
 	int tcp = p->proto == IPPROTO_TCP;
 	__u32 quote = IP6_HLEN + quote_l4_len(p);
 	__s64 sum;
 
-	if (load_quote(skb, p, r.inner, IP6_HLEN) < 0)
+	if (!sc)
 		return fail_shot();
-	r.vtcfl = bpf_htonl(0x60000000);
-	r.len = bpf_htons(8 + quote);
-	r.next = IPPROTO_ICMPV6;
-	r.hops = 64;
-	__builtin_memcpy(r.saddr, p->t.daddr, 16);
-	__builtin_memcpy(r.daddr, p->t.saddr, 16);
-	r.type = 1; /* destination unreachable */
-	r.code = 4; /* port unreachable */
-	__builtin_memcpy(pseudo.saddr, r.saddr, 16);
-	__builtin_memcpy(pseudo.daddr, r.daddr, 16);
-	pseudo.len = bpf_htonl(8 + quote);
-	pseudo.next = bpf_htonl(IPPROTO_ICMPV6);
-	sum = bpf_csum_diff(0, 0, (__be32 *)&pseudo, sizeof(pseudo), 0);
-	r.icsum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r.type, sizeof(r) - IP6_HLEN, sum));
-	return send_back(skb, p, quote, IP6_HLEN + 8, &r, sizeof(r), tcp);
+	r = &sc->r6.r;
+	pseudo = &sc->r6.pseudo;
+	if (load_quote(skb, p, r->inner, IP6_HLEN) < 0)
+		return fail_shot();
+	r->vtcfl = bpf_htonl(0x60000000);
+	r->len = bpf_htons(8 + quote);
+	r->next = IPPROTO_ICMPV6;
+	r->hops = 64;
+	__builtin_memcpy(r->saddr, p->t.daddr, 16);
+	__builtin_memcpy(r->daddr, p->t.saddr, 16);
+	r->type = 1; /* destination unreachable */
+	r->code = 4; /* port unreachable */
+	__builtin_memcpy(pseudo->saddr, r->saddr, 16);
+	__builtin_memcpy(pseudo->daddr, r->daddr, 16);
+	pseudo->len = bpf_htonl(8 + quote);
+	pseudo->next = bpf_htonl(IPPROTO_ICMPV6);
+	sum = bpf_csum_diff(0, 0, (__be32 *)pseudo, sizeof(*pseudo), 0);
+	r->icsum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&r->type, sizeof(*r) - IP6_HLEN, sum));
+	return send_back(skb, p, quote, IP6_HLEN + 8, r, sizeof(*r), tcp);
 }
 
 static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p)

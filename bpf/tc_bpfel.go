@@ -75,6 +75,29 @@ type tcRangeKey struct {
 	Addr      [16]uint8
 }
 
+type tcScratch struct {
+	_  structs.HostLayout
+	R4 struct {
+		_      structs.HostLayout
+		Vihl   uint8
+		Tos    uint8
+		Len    uint16
+		Id     uint16
+		Frag   uint16
+		Ttl    uint8
+		Proto  uint8
+		Csum   uint16
+		Saddr  uint32
+		Daddr  uint32
+		Type   uint8
+		Code   uint8
+		Icsum  uint16
+		Unused uint32
+		Inner  [40]uint8
+	}
+	_ [80]byte
+}
+
 type tcSnatAddr struct {
 	_    structs.HostLayout
 	Addr [16]uint8
@@ -109,6 +132,7 @@ const (
 	tcMapClusterCidrs   = "cluster_cidrs"
 	tcMapCt             = "ct"
 	tcMapLbEvents       = "lb_events"
+	tcMapScratch        = "scratch"
 	tcMapServices       = "services"
 	tcMapSnatAddrs      = "snat_addrs"
 	tcMapSourceRanges   = "source_ranges"
@@ -173,6 +197,7 @@ type tcMapSpecs struct {
 	ClusterCidrs   *ebpf.MapSpec `ebpf:"cluster_cidrs"`
 	Ct             *ebpf.MapSpec `ebpf:"ct"`
 	LbEvents       *ebpf.MapSpec `ebpf:"lb_events"`
+	Scratch        *ebpf.MapSpec `ebpf:"scratch"`
 	Services       *ebpf.MapSpec `ebpf:"services"`
 	SnatAddrs      *ebpf.MapSpec `ebpf:"snat_addrs"`
 	SourceRanges   *ebpf.MapSpec `ebpf:"source_ranges"`
@@ -209,6 +234,7 @@ type tcMaps struct {
 	ClusterCidrs   *ebpf.Map `ebpf:"cluster_cidrs"`
 	Ct             *ebpf.Map `ebpf:"ct"`
 	LbEvents       *ebpf.Map `ebpf:"lb_events"`
+	Scratch        *ebpf.Map `ebpf:"scratch"`
 	Services       *ebpf.Map `ebpf:"services"`
 	SnatAddrs      *ebpf.Map `ebpf:"snat_addrs"`
 	SourceRanges   *ebpf.Map `ebpf:"source_ranges"`
@@ -221,6 +247,7 @@ func (m *tcMaps) Close() error {
 		m.ClusterCidrs,
 		m.Ct,
 		m.LbEvents,
+		m.Scratch,
 		m.Services,
 		m.SnatAddrs,
 		m.SourceRanges,

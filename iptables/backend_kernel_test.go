@@ -34,6 +34,9 @@ func TestBackendOnTheKernel(t *testing.T) {
 // 1.8.9), and iptables-nft-restore --noflush takes minutes to delete 110,000
 // chains: cleanup and the rewrite's search for stale chains use nft instead.
 func TestCleanupAt10kServicesOnTheKernel(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: a scale test of the userland tools (the kernel matrix runs with -short)")
+	}
 	v := netfilter.VariantNFT
 	support.Require(t)
 	requireTools(t, append(variantTools(v), "nft")...)
