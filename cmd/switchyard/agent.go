@@ -38,8 +38,10 @@ type agent struct {
 }
 
 func runAgent(ctx context.Context, cfg *agentConfig, out, log io.Writer) error {
-	mode := resolveMode(cfg.mode, bpf.Probe, log)
+	choice := resolveMode(cfg.mode, bpf.Probe, log)
+	mode := choice.mode
 	registry := prometheus.NewRegistry()
+	choice.register(registry)
 	backend, err := newBackend(mode, cfg, out, registry)
 	if err != nil {
 		return err

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spf13/pflag"
 	"sigs.k8s.io/yaml"
 
@@ -182,14 +184,25 @@ func TestResolveMode(t *testing.T) {
 	ok := func() error { return nil }
 	missing := func() error { return errors.New("bpf: missing: widgets") }
 	var log bytes.Buffer
-	if m := resolveMode("auto", ok, &log); m != "ebpf" {
-		t.Errorf("auto with every feature: %s", m)
+	if c := resolveMode("auto", ok, &log); c.mode != "ebpf" || c.fallback != "" {
+		t.Errorf("auto with every feature: %+v", c)
 	}
-	if m := resolveMode("auto", missing, &log); m != "iptables" || !strings.Contains(log.String(), "widgets") {
-		t.Errorf("auto without a feature: %s, log %q", m, log.String())
+	c := resolveMode("auto", missing, &log)
+	if c.mode != "iptables" || !strings.Contains(log.String(), "widgets") {
+		t.Errorf("auto without a feature: %+v, log %q", c, log.String())
 	}
-	if m := resolveMode("print", missing, &log); m != "print" {
-		t.Errorf("an explicit mode is kept: %s", m)
+	reg := prometheus.NewRegistry()
+	c.register(reg)
+	want := `
+# HELP switchyard_dataplane_info The dataplane this agent runs (1): the mode, the --mode asked for, and why auto fell back from ebpf (empty when it did not).
+# TYPE switchyard_dataplane_info gauge
+switchyard_dataplane_info{fallback_reason="bpf: missing: widgets",mode="iptables",requested="auto"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "switchyard_dataplane_info"); err != nil {
+		t.Error(err)
+	}
+	if c := resolveMode("print", missing, &log); c.mode != "print" || c.fallback != "" {
+		t.Errorf("an explicit mode is kept: %+v", c)
 	}
 }
 

@@ -19,18 +19,38 @@ import (
 	"github.com/switchyard/switchyard/netfilter"
 )
 
+// modeChoice is the dataplane the agent runs, and why when auto fell back.
+type modeChoice struct {
+	requested, mode string
+	fallback        string // why auto did not pick ebpf; empty otherwise
+}
+
 // resolveMode turns auto into a concrete mode, saying why on log: eBPF when the
 // kernel has everything the eBPF dataplane needs (probe), else iptables.
-func resolveMode(mode string, probe func() error, log io.Writer) string {
+func resolveMode(mode string, probe func() error, log io.Writer) modeChoice {
+	c := modeChoice{requested: mode, mode: mode}
 	if mode != "auto" {
-		return mode
+		return c
 	}
 	if err := probe(); err != nil {
 		fmt.Fprintf(log, "mode auto: eBPF is not usable, falling back to iptables: %v\n", err)
-		return "iptables"
+		c.mode, c.fallback = "iptables", err.Error()
+		return c
 	}
 	fmt.Fprintln(log, "mode auto: the kernel supports everything the eBPF dataplane needs; using ebpf")
-	return "ebpf"
+	c.mode = "ebpf"
+	return c
+}
+
+// register exports the choice, so that a fleet's operators can find the nodes
+// where auto fell back, and why, without reading logs.
+func (c modeChoice) register(r prometheus.Registerer) {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "switchyard_dataplane_info",
+		Help: "The dataplane this agent runs (1): the mode, the --mode asked for, and why auto fell back from ebpf (empty when it did not).",
+	}, []string{"mode", "requested", "fallback_reason"})
+	g.WithLabelValues(c.mode, c.requested, c.fallback).Set(1)
+	r.MustRegister(g)
 }
 
 // newBackend builds the backend of a concrete mode.
