@@ -131,9 +131,6 @@ func (o Options) skipReason(c flow.Case) string {
 	if !c.AppliesTo(o.Proxy) {
 		return "(skipped: the expectations are for " + strings.Join(c.Proxies, ", ") + ")"
 	}
-	if o.Proxy == "switchyard-ipvs" {
-		return "(skipped: the " + strings.TrimPrefix(o.Proxy, "switchyard-") + " dataplane is not built yet)"
-	}
 	return ""
 }
 
