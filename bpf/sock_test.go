@@ -31,9 +31,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(clientEnv) != "" {
 		os.Exit(clientMain(os.Args[1:])) // this binary re-executed as a client inside a pod
 	}
+	onlyOldKernelTests()
 	// Stale pins of killed runs go with their topology (topology cleans up bpffs
 	// directories named with its prefix, like <prefix>-sw here).
-	onlyOldKernelTests()
 	support = topology.PrepareTests("root, ip, nsenter, cgroup v2, bpffs and the eBPF kernel features", kernelPrerequisites)
 	code := m.Run()
 	if err := support.Close(); err != nil {

@@ -12,11 +12,11 @@ import (
 	"github.com/switchyard/switchyard/dataplane"
 )
 
-// ChainNames lists the names of a table's user-defined chains. For the nft variant it asks nft,
-// which reads chains without their rules: iptables-nft-save prints every rule,
-// and at 10,000 services (430,000 rules) takes a minute and then crashes
-// (Debian's 1.8.9 overflows its stack in libnftnl). Without an nft binary, and
-// for the legacy variant, the table's iptables-save output is parsed.
+// ChainNames lists the names of a table's user-defined chains. For the nft
+// variant it asks nft, which reads chains without their rules: iptables-nft-save
+// prints every rule, and at 10,000 services (430,000 rules) takes a minute and
+// then crashes (Debian's 1.8.9 overflows its stack in libnftnl). Without an nft
+// binary, and for the legacy variant, the table's iptables-save output is parsed.
 func (r *execRestorer) ChainNames(table string) ([]string, error) {
 	if !validTableName(table) {
 		return nil, fmt.Errorf("listing chains: bad table name %q", table)
@@ -56,7 +56,7 @@ func (r *execRestorer) DeleteChains(table string, chains []string) error {
 			return err
 		}
 	}
-	return r.Restore(DeleteChainsInput(table, chains))
+	return r.Restore(deleteChainsInput(table, chains))
 }
 
 // nftDeleteScript flushes every chain before deleting any, so that jumps between
@@ -77,9 +77,9 @@ var nftNameRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_.-]*$`)
 
 func notNFTName(c string) bool { return !nftNameRE.MatchString(c) }
 
-// DeleteChainsInput is the iptables-restore input that flushes and deletes chains
+// deleteChainsInput is the iptables-restore input that flushes and deletes chains
 // of a table.
-func DeleteChainsInput(table string, chains []string) []byte {
+func deleteChainsInput(table string, chains []string) []byte {
 	var b bytes.Buffer
 	b.WriteString("*" + table + "\n")
 	for _, c := range chains {

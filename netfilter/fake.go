@@ -130,7 +130,7 @@ func (f *FakeRestorer) DeleteChains(table string, chains []string) error {
 	if len(chains) == 0 {
 		return nil
 	}
-	return f.Restore(DeleteChainsInput(table, chains))
+	return f.Restore(deleteChainsInput(table, chains))
 }
 
 // Restore applies data block by block, as iptables-restore --noflush does.

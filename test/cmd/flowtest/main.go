@@ -84,6 +84,9 @@ func run() (int, error) {
 	if rep.Failed > 0 {
 		return 1, nil
 	}
+	if rep.Passed == 0 {
+		return 1, errors.New("no flow ran (every case skipped, or --run matched none)")
+	}
 	return 0, nil
 }
 
