@@ -37,7 +37,7 @@
 // ip, tc, nsenter, unshare, iptables/ip6tables (nft and legacy, with the xtables extensions), nft,
 // ipvsadm, conntrack, tcpdump, curl and socat with their shared libraries, the modules of
 // DefaultModules (plain .ko with a modules.dep of just them, for busybox modprobe), and the
-// programs. The init mounts proc, sysfs, devtmpfs, devpts, tmpfs /run /tmp /dev/shm, bpffs at
+// programs. The init mounts proc, sysfs, devtmpfs, devpts, tmpfs /run and /dev/shm (/tmp stays on the root file system), bpffs at
 // /sys/fs/bpf and cgroup2 at /sys/fs/cgroup, loads the modules in parallel, brings up lo, runs
 // each program (killing whatever it left behind), and passes the status out through qemu's
 // isa-debug-exit device (qemu exits with (status<<1)|1).

@@ -17,7 +17,7 @@ import (
 func IsGuestInit() bool { return os.Getpid() == 1 }
 
 // GuestInit is the guest's PID 1: it mounts what a node has (proc, sys, devtmpfs, bpffs, cgroup2,
-// tmpfs /run and /tmp), loads the modules, brings up loopback, runs the programs of the plan one
+// tmpfs /run), loads the modules, brings up loopback, runs the programs of the plan one
 // after the other with their output on the second serial port, then hands the first non-zero exit
 // status to the host through isa-debug-exit. It never returns.
 func GuestInit() {
@@ -95,7 +95,6 @@ func mountAll() error {
 		{"devpts", "/dev/pts", "mode=0620,ptmxmode=0666", nosuid | noexec},
 		{"tmpfs", "/dev/shm", "mode=1777", nosuid | nodev},
 		{"tmpfs", "/run", "mode=0755", nosuid | nodev},
-		{"tmpfs", "/tmp", "mode=1777", nosuid | nodev},
 		{"bpf", "/sys/fs/bpf", "mode=0700", 0},
 		{"cgroup2", "/sys/fs/cgroup", "", nosuid | nodev | noexec},
 		{"debugfs", "/sys/kernel/debug", "", 0},
@@ -107,7 +106,10 @@ func mountAll() error {
 			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.target, err)
 		}
 	}
-	return nil
+	// /tmp stays on the root file system (in memory already): a tmpfs there would hide
+	// what the initramfs carries under /tmp, such as a checkout's testdata when the
+	// checkout itself is under /tmp.
+	return os.Chmod("/tmp", 0o1777)
 }
 
 func loopbackUp() error {
