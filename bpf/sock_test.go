@@ -35,11 +35,7 @@ func TestMain(m *testing.M) {
 	// Stale pins of killed runs go with their topology (topology cleans up bpffs
 	// directories named with its prefix, like <prefix>-sw here).
 	support = topology.PrepareTests("root, ip, nsenter, cgroup v2, bpffs and the eBPF kernel features", kernelPrerequisites)
-	code := m.Run()
-	if err := support.Close(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-	}
-	os.Exit(code)
+	os.Exit(support.Run(m))
 }
 
 func kernelPrerequisites() error {

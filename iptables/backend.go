@@ -170,21 +170,10 @@ func Cleanup(f dataplane.Family, r netfilter.Restorer, j netfilter.Jumper) error
 // CleanupAll removes Switchyard's rules from both families and both variants
 // of the caller's network namespace (switchyard cleanup).
 func CleanupAll() error {
-	var errs []error
-	for _, v := range []netfilter.Variant{netfilter.VariantNFT, netfilter.VariantLegacy} {
-		for _, f := range []dataplane.Family{dataplane.IPv4, dataplane.IPv6} {
-			if !netfilter.Installed(f, v) {
-				continue // nothing of that variant can be there
-			}
-			j, err := netfilter.NewJumper(f, v)
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			if err := Cleanup(f, netfilter.NewRestorer(f, v, nil), j); err != nil {
-				errs = append(errs, fmt.Errorf("iptables cleanup (%s, %s): %w", v, f, err))
-			}
+	return netfilter.EachInstalled(func(f dataplane.Family, r netfilter.Restorer, j netfilter.Jumper) error {
+		if err := Cleanup(f, r, j); err != nil {
+			return fmt.Errorf("iptables cleanup: %w", err)
 		}
-	}
-	return errors.Join(errs...)
+		return nil
+	})
 }

@@ -19,8 +19,8 @@ func TestBackendOnTheKernel(t *testing.T) {
 	for _, v := range []netfilter.Variant{netfilter.VariantNFT, netfilter.VariantLegacy} {
 		t.Run(string(v), func(t *testing.T) {
 			support.Require(t)
-			requireTools(t, variantTools(v)...)
-			requireTools(t, strings.TrimSuffix(variantTools(v)[0], "-restore"))
+			topology.RequireTools(t, netfilter.VariantTools(v)...)
+			topology.RequireTools(t, strings.TrimSuffix(netfilter.VariantTools(v)[0], "-restore"))
 			topo := support.Build(t, topology.Scenario{Node: topology.Node{Name: nodeName, IPs: []string{"192.168.0.2"}}})
 			err := topology.OnThreadIn(topo.NodeNS(), func() error { return kernelRound(t, topo, v) })
 			if err != nil {
@@ -39,7 +39,7 @@ func TestCleanupAt10kServicesOnTheKernel(t *testing.T) {
 	}
 	v := netfilter.VariantNFT
 	support.Require(t)
-	requireTools(t, append(variantTools(v), "nft")...)
+	topology.RequireTools(t, append(netfilter.VariantTools(v), "nft")...)
 	topo := support.Build(t, topology.Scenario{Node: topology.Node{Name: nodeName, IPs: []string{"192.168.0.2"}}})
 	sc := scenario{}
 	c := newCluster(sc)
@@ -51,12 +51,12 @@ func TestCleanupAt10kServicesOnTheKernel(t *testing.T) {
 	// the two minutes a first sync takes.
 	all := render(t, c.st, sc.cfg())
 	rules := []byte(restoreText(all, BaseJumps(DefaultConfig(dataplane.IPv4))))
-	load := nsRunner(topo, topo.NodeNS())(context.Background(), "iptables-nft-restore")
+	load := topo.CommandContext(context.Background(), topo.NodeNS(), "iptables-nft-restore")
 	load.Stdin = bytes.NewReader(rules)
 	if out, err := load.CombinedOutput(); err != nil {
 		t.Fatalf("loading the rules of 10,000 services: %v: %s", err, out)
 	}
-	r := netfilter.NewRestorer(dataplane.IPv4, v, nsRunner(topo, topo.NodeNS()))
+	r := netfilter.NewRestorer(dataplane.IPv4, v, topo.CommandIn(topo.NodeNS()))
 	if n := countChains(t, r, "nat"); n != len(all.NAT) || n < 10000*11 {
 		t.Errorf("listed %d SWYD- chains in nat, want %d", n, len(all.NAT))
 	}
@@ -110,7 +110,7 @@ func kernelRound(t *testing.T, topo *topology.Topology, v netfilter.Variant) err
 		svc, sl := numberedService(i, i%2 == 1, tenEndpoints(i)[:3]...)
 		c.set("ns", svc.Name, svc, sl)
 	}
-	r := netfilter.NewRestorer(dataplane.IPv4, v, nsRunner(topo, topo.NodeNS()))
+	r := netfilter.NewRestorer(dataplane.IPv4, v, topo.CommandIn(topo.NodeNS()))
 	j, err := netfilter.NewJumper(dataplane.IPv4, v) // runs in this thread's namespace: the node's
 	if err != nil {
 		return err

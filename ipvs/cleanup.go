@@ -16,22 +16,12 @@ import (
 // Run it before iptables.CleanupAll, which cannot delete a chain that one of
 // IPVS mode's jumps still leads to.
 func CleanupAll(nodePorts dataplane.PortRange, records Records) error {
-	var errs []error
-	for _, v := range []netfilter.Variant{netfilter.VariantNFT, netfilter.VariantLegacy} {
-		for _, f := range []dataplane.Family{dataplane.IPv4, dataplane.IPv6} {
-			if !netfilter.Installed(f, v) {
-				continue // nothing of that variant can be there
-			}
-			j, err := netfilter.NewJumper(f, v)
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			if err := cleanupRules(netfilter.NewRestorer(f, v, nil), j); err != nil {
-				errs = append(errs, fmt.Errorf("ipvs rules cleanup (%s, %s): %w", v, f, err))
-			}
+	errs := []error{netfilter.EachInstalled(func(_ dataplane.Family, r netfilter.Restorer, j netfilter.Jumper) error {
+		if err := cleanupRules(r, j); err != nil {
+			return fmt.Errorf("ipvs rules cleanup: %w", err)
 		}
-	}
+		return nil
+	})}
 	links, err := NewKernelLinks("")
 	if err != nil {
 		return errors.Join(append(errs, err)...)

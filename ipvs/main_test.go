@@ -1,7 +1,6 @@
 package ipvs
 
 import (
-	"fmt"
 	"os"
 	"testing"
 
@@ -14,9 +13,5 @@ var support *topology.Support
 
 func TestMain(m *testing.M) {
 	support = topology.PrepareTests("root, ip, nsenter and cgroup v2", nil)
-	code := m.Run()
-	if err := support.Close(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-	}
-	os.Exit(code)
+	os.Exit(support.Run(m))
 }

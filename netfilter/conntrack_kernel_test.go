@@ -41,7 +41,7 @@ COMMIT
 
 func TestConntrackKernel(t *testing.T) {
 	support.Require(t)
-	requireTools(t, append(variantTools(VariantNFT), "conntrack")...)
+	topology.RequireTools(t, append(VariantTools(VariantNFT), "conntrack")...)
 	port := []topology.Port{{Protocol: "UDP", Port: 5353}, {Protocol: "TCP", Port: 5353}}
 	topo := support.Build(t, topology.Scenario{
 		Node: topology.Node{Name: "node-a", IPs: []string{"192.168.0.2", "fd00::2"}},
@@ -50,7 +50,7 @@ func TestConntrackKernel(t *testing.T) {
 			{Name: "p2", IP: "10.0.1.2", IPv6: "fd00:1::2", Local: true, Ports: port},
 		},
 	})
-	run := nsRunner(topo, topo.NodeNS())
+	run := topo.CommandIn(topo.NodeNS())
 	for fam, rules := range map[dataplane.Family]string{dataplane.IPv4: ctNATRules4, dataplane.IPv6: ctNATRules6} {
 		if err := NewRestorer(fam, VariantNFT, run).Restore([]byte(rules)); err != nil {
 			t.Fatal(err)

@@ -3,6 +3,7 @@ package netfilter
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os/exec"
 	"strings"
@@ -80,6 +81,42 @@ func toolName(family dataplane.Family, variant Variant, tool string) (string, er
 		return "", fmt.Errorf("iptables: unknown IP family %d", family)
 	}
 	return base + "-" + string(variant) + "-" + tool, nil
+}
+
+// VariantTools are the iptables-restore and iptables-save binaries of a resolved
+// variant, for both families (iptables-<variant>-restore first).
+func VariantTools(v Variant) []string {
+	var out []string
+	for _, fam := range []dataplane.Family{dataplane.IPv4, dataplane.IPv6} {
+		for _, tool := range []string{"restore", "save"} {
+			name, _ := toolName(fam, v, tool)
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// EachInstalled calls fn for every family and variant whose tools are installed in
+// the caller's network namespace, with the family's Restorer and Jumper: what
+// `switchyard cleanup` visits, since nothing of an uninstalled variant can be in
+// the kernel. The errors are joined, each naming its variant and family.
+func EachInstalled(fn func(f dataplane.Family, r Restorer, j Jumper) error) error {
+	var errs []error
+	for _, v := range []Variant{VariantNFT, VariantLegacy} {
+		for _, f := range []dataplane.Family{dataplane.IPv4, dataplane.IPv6} {
+			if !Installed(f, v) {
+				continue
+			}
+			j, err := NewJumper(f, v)
+			if err == nil {
+				err = fn(f, NewRestorer(f, v, nil), j)
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s, %s: %w", v, f, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Installed reports whether the iptables-save of a family and resolved variant is

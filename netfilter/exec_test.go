@@ -2,7 +2,6 @@ package netfilter
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -22,53 +21,7 @@ var support *topology.Support
 
 func TestMain(m *testing.M) {
 	support = topology.PrepareTests("root, ip, nsenter and cgroup v2", nil)
-	code := m.Run()
-	if err := support.Close(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-	}
-	os.Exit(code)
-}
-
-// requirePrereq skips the test when err says something it needs is missing, or fails it under
-// CI=true, where a missing prerequisite is a broken machine.
-func requirePrereq(t testing.TB, err error) {
-	t.Helper()
-	if err == nil {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("prerequisite missing: %v", err)
-	}
-	t.Skipf("prerequisite missing: %v", err)
-}
-
-// requireTools checks that the named binaries are installed.
-func requireTools(t testing.TB, names ...string) {
-	t.Helper()
-	for _, n := range names {
-		if _, err := exec.LookPath(n); err != nil {
-			requirePrereq(t, fmt.Errorf("no %s: %w", n, err))
-		}
-	}
-}
-
-// variantTools are the binaries the Restorer of a variant runs, for both families.
-func variantTools(v Variant) []string {
-	var out []string
-	for _, fam := range []dataplane.Family{dataplane.IPv4, dataplane.IPv6} {
-		for _, tool := range []string{"restore", "save"} {
-			name, _ := toolName(fam, v, tool)
-			out = append(out, name)
-		}
-	}
-	return out
-}
-
-// nsRunner runs the tools inside ns, one of topo's namespaces.
-func nsRunner(topo *topology.Topology, ns string) Runner {
-	return func(ctx context.Context, name string, args ...string) *exec.Cmd {
-		return topo.CommandContext(ctx, ns, name, args...)
-	}
+	os.Exit(support.Run(m))
 }
 
 // scriptRunner fakes the tools for unit tests: out maps "name args..." to what the tool prints;

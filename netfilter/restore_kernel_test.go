@@ -18,9 +18,9 @@ import (
 func newVariantNode(t *testing.T, v Variant) (*topology.Topology, Runner) {
 	t.Helper()
 	support.Require(t)
-	requireTools(t, variantTools(v)...)
+	topology.RequireTools(t, VariantTools(v)...)
 	topo := support.Build(t, topology.Scenario{Node: topology.Node{Name: "node-a", IPs: []string{"192.168.0.2", "fd00::2"}}})
-	return topo, nsRunner(topo, topo.NodeNS())
+	return topo, topo.CommandIn(topo.NodeNS())
 }
 
 func TestRestorerKernel(t *testing.T) {
@@ -137,7 +137,7 @@ func assertOnlyVariant(t *testing.T, topo *topology.Topology, v Variant) {
 		}
 		return
 	}
-	requireTools(t, "nft")
+	topology.RequireTools(t, "nft")
 	out, err := topo.Run(ctx, topo.NodeNS(), "nft", "list", "tables")
 	if err != nil || strings.TrimSpace(out) != "" {
 		t.Errorf("nft tables in the legacy node: %q, %v", out, err)
@@ -147,7 +147,7 @@ func assertOnlyVariant(t *testing.T, topo *topology.Topology, v Variant) {
 // An empty node is nft's, and detecting it creates nothing.
 func TestDetectVariantEmptyNode(t *testing.T) {
 	topo, run := newVariantNode(t, VariantNFT)
-	requireTools(t, variantTools(VariantLegacy)...)
+	topology.RequireTools(t, VariantTools(VariantLegacy)...)
 	if got, err := DetectVariant(run); err != nil || got != VariantNFT {
 		t.Errorf("DetectVariant in an empty node = %q, %v", got, err)
 	}

@@ -42,11 +42,7 @@ func TestMain(m *testing.M) {
 		}
 		cancel()
 	}
-	code := m.Run()
-	if err := support.Close(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-	}
-	os.Exit(code)
+	os.Exit(support.Run(m))
 }
 
 // prerequisites: besides what topologies need, bpffs, the kernel features of the

@@ -20,6 +20,14 @@ func (t *Topology) Command(ns, name string, args ...string) *exec.Cmd {
 	return t.CommandContext(context.Background(), ns, name, args...)
 }
 
+// CommandIn is CommandContext bound to ns: a command builder for code that runs
+// its tools through one (netfilter.Runner, for one).
+func (t *Topology) CommandIn(ns string) func(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return func(ctx context.Context, name string, args ...string) *exec.Cmd {
+		return t.CommandContext(ctx, ns, name, args...)
+	}
+}
+
 // CommandContext is Command with a context that kills the process.
 func (t *Topology) CommandContext(ctx context.Context, ns, name string, args ...string) *exec.Cmd {
 	full := append([]string{"--net=" + NetnsPath(ns), "--", name}, args...)

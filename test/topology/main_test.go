@@ -1,7 +1,6 @@
 package topology
 
 import (
-	"fmt"
 	"os"
 	"testing"
 )
@@ -12,11 +11,7 @@ var support *Support
 
 func TestMain(m *testing.M) {
 	support = PrepareTests("root, ip, nsenter and cgroup v2", nil)
-	code := m.Run()
-	if err := support.Close(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-	}
-	os.Exit(code)
+	os.Exit(support.Run(m))
 }
 
 func requireTopology(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"testing"
 	"time"
 )
@@ -23,7 +24,7 @@ type Support struct {
 // PrepareTests checks the prerequisites (and extra, if not nil), builds the echo
 // server and the probe, removes what killed runs left (runs still in progress are
 // spared), and closes open topologies on SIGINT and SIGTERM. needs says what the
-// tests need, for the skip message. Close it after m.Run.
+// tests need, for the skip message. Run the tests with its Run.
 func PrepareTests(needs string, extra func() error) *Support {
 	s := &Support{needs: needs, Unsupported: Prerequisites()}
 	if s.Unsupported == nil && extra != nil {
@@ -54,6 +55,39 @@ func (s *Support) Close() error {
 		return nil
 	}
 	return os.RemoveAll(s.dir)
+}
+
+// Run is TestMain's body after PrepareTests: it runs the tests, then removes
+// the helper binaries, and returns the exit code for os.Exit.
+func (s *Support) Run(m *testing.M) int {
+	code := m.Run()
+	if err := s.Close(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+	}
+	return code
+}
+
+// RequirePrereq skips the test when err says something it needs is missing, or
+// fails it under CI=true, where a missing prerequisite is a broken machine.
+func RequirePrereq(t testing.TB, err error) {
+	t.Helper()
+	if err == nil {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("prerequisite missing: %v", err)
+	}
+	t.Skipf("prerequisite missing: %v", err)
+}
+
+// RequireTools requires (as RequirePrereq) that the named binaries are installed.
+func RequireTools(t testing.TB, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		if _, err := exec.LookPath(n); err != nil {
+			RequirePrereq(t, fmt.Errorf("no %s: %w", n, err))
+		}
+	}
 }
 
 // Require skips the test when topologies cannot be built here, or fails it when
