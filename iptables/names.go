@@ -1,11 +1,10 @@
 package iptables
 
 import (
-	"crypto/sha256"
-	"encoding/base32"
 	"strings"
 
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/netfilter"
 )
 
 // Prefix starts the name of every chain Switchyard owns, where kube-proxy uses KUBE-,
@@ -54,19 +53,14 @@ type portChains struct {
 // chainsOf hashes exactly what kube-proxy hashes (servicePortChainName and friends),
 // so SWYD-SVC-X is the KUBE-SVC-X of the same service port: easy to compare.
 func chainsOf(name, proto string) portChains {
-	h := hash16(name + proto)
+	h := netfilter.ChainHash(name + proto)
 	return portChains{svc: prefixSVC + h, svl: prefixSVL + h, ext: prefixEXT + h, fw: prefixFW + h}
 }
 
 // endpointChain is kube-proxy's servicePortEndpointChainName with our prefix;
 // endpoint is "ip:port" ("[ip]:port" for IPv6).
 func endpointChain(name, proto, endpoint string) string {
-	return prefixSEP + hash16(name+proto+endpoint)
-}
-
-func hash16(s string) string {
-	sum := sha256.Sum256([]byte(s))
-	return base32.StdEncoding.EncodeToString(sum[:])[:16]
+	return prefixSEP + netfilter.ChainHash(name+proto+endpoint)
 }
 
 // portName is kube-proxy's ServicePortName.String(): "ns/name:port", or "ns/name" for

@@ -1,14 +1,13 @@
 package ipvs
 
 import (
-	"crypto/sha256"
-	"encoding/base32"
 	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/netfilter"
 )
 
 // tableChain names a chain.
@@ -49,11 +48,11 @@ func renderFrontend(f *dataplane.FrontendState, w *Wanted, o Options, nodeIP net
 	v.filter(&r, nodeIP)
 	v.local(&r, nodeIP)
 	if hc := f.HealthCheckNodePort; hc != 0 {
-		r.add("filter", ChainNodePorts, comment(f.Service.ServiceName.String()+" health check node port"),
+		r.add("filter", ChainNodePorts, netfilter.Comment(f.Service.ServiceName.String()+" health check node port"),
 			[]string{"-m", "tcp", "-p", "tcp", "--dport", strconv.Itoa(int(hc)), "-j", "ACCEPT"})
 	}
 	if w.Bind {
-		r.add("filter", ChainUnserved, comment("kubernetes ipvs access filter"), []string{"-d", f.Addr.String(), "-j", "REJECT"})
+		r.add("filter", ChainUnserved, netfilter.Comment("kubernetes ipvs access filter"), []string{"-d", f.Addr.String(), "-j", "REJECT"})
 	}
 	return r
 }
@@ -92,7 +91,7 @@ func (v *frontendView) masquerade(r *frontendRules) {
 	if len(v.w.Dests) == 0 {
 		return // nothing is forwarded, so nothing to masquerade
 	}
-	c := comment(v.name + " " + frontendWord(v.f.Type))
+	c := netfilter.Comment(v.name + " " + frontendWord(v.f.Type))
 	mark := []string{"-j", ChainMarkMasq}
 	switch {
 	case v.f.Type == dataplane.ClusterIP && v.o.Model.MasqueradeAll:
@@ -116,7 +115,7 @@ func (v *frontendView) hairpin(r *frontendRules) {
 		if !v.w.Local[i] {
 			continue
 		}
-		r.add("nat", ChainPostrouting, comment("kubernetes service hairpin"),
+		r.add("nat", ChainPostrouting, netfilter.Comment("kubernetes service hairpin"),
 			[]string{"-m", v.proto, "-p", v.proto, "-s", d.Addr.String(), "-d", d.Addr.String(), "--dport", strconv.Itoa(int(d.Port)), "-j", "MASQUERADE"})
 	}
 }
@@ -128,26 +127,26 @@ func (v *frontendView) filter(r *frontendRules, nodeIP netip.Addr) {
 	f := v.f
 	switch {
 	case f.Outside.Verdict == dataplane.Reject:
-		r.add("filter", ChainFilter, comment(v.name+" has no endpoints"), v.where, []string{"-j", "REJECT"})
+		r.add("filter", ChainFilter, netfilter.Comment(v.name+" has no endpoints"), v.where, []string{"-j", "REJECT"})
 		return
 	case len(v.w.Dests) == 0: // a Drop verdict for everyone
-		r.add("filter", ChainFilter, comment(v.name+" has no local endpoints"), v.where, []string{"-j", "DROP"})
+		r.add("filter", ChainFilter, netfilter.Comment(v.name+" has no local endpoints"), v.where, []string{"-j", "DROP"})
 		return
 	}
 	switch {
 	case outsideDropped(f) && !v.hasCIDR:
 		// Without a detector pods look like outside clients: nobody is let in.
-		r.add("filter", ChainFilter, comment(v.name+" has no local endpoints"), v.where, []string{"-j", "DROP"})
+		r.add("filter", ChainFilter, netfilter.Comment(v.name+" has no local endpoints"), v.where, []string{"-j", "DROP"})
 	case outsideDropped(f) || len(sourceRanges(f)) > 0:
-		r.Own = prefixFW + hash16(f.FrontendKey.String())
+		r.Own = prefixFW + netfilter.ChainHash(f.FrontendKey.String())
 		for _, l := range v.ownChain(nodeIP) {
 			r.OwnLines = append(r.OwnLines, "-A "+r.Own+" "+l)
 		}
 		// A goto: when the chain returns, the packet goes back to INPUT and skips
 		// ChainUnserved.
-		r.add("filter", ChainFilter, comment(v.name+" "+frontendWord(f.Type)), v.where, []string{"-g", r.Own})
+		r.add("filter", ChainFilter, netfilter.Comment(v.name+" "+frontendWord(f.Type)), v.where, []string{"-g", r.Own})
 	case v.w.Bind:
-		r.add("filter", ChainFilter, comment(v.name+" "+frontendWord(f.Type)), v.where, []string{"-j", "RETURN"})
+		r.add("filter", ChainFilter, netfilter.Comment(v.name+" "+frontendWord(f.Type)), v.where, []string{"-j", "RETURN"})
 	}
 }
 
@@ -185,11 +184,11 @@ func (v *frontendView) local(r *frontendRules, nodeIP netip.Addr) {
 	f := v.f
 	switch {
 	case f.Host.Verdict == dataplane.Drop:
-		r.add("mangle", ChainLocal, comment(v.name+" has no local endpoints"), v.where, []string{"-j", "DROP"})
+		r.add("mangle", ChainLocal, netfilter.Comment(v.name+" has no local endpoints"), v.where, []string{"-j", "DROP"})
 	case f.Host.Verdict == dataplane.Forward && len(sourceRanges(f)) > 0 && !slices.ContainsFunc(sourceRanges(f), func(p netip.Prefix) bool {
 		return nodeIP.IsValid() && p.Contains(nodeIP)
 	}):
-		r.add("mangle", ChainLocal, comment(v.name+" traffic not accepted by loadBalancerSourceRanges"), v.where, []string{"-j", "DROP"})
+		r.add("mangle", ChainLocal, netfilter.Comment(v.name+" traffic not accepted by loadBalancerSourceRanges"), v.where, []string{"-j", "DROP"})
 	}
 }
 
@@ -232,24 +231,4 @@ func portName(sp dataplane.ServicePort) string {
 		s += ":" + sp.Port
 	}
 	return s
-}
-
-// comment quotes as kube-proxy does; names come from manifests, so quotes,
-// backslashes and line breaks are dropped rather than trusted.
-func comment(s string) []string {
-	s = strings.Map(func(r rune) rune {
-		if r == '"' || r == '\n' || r == '\r' || r == '\\' {
-			return -1
-		}
-		return r
-	}, s)
-	if strings.Contains(s, " ") || s == "" {
-		s = `"` + s + `"`
-	}
-	return []string{"-m", "comment", "--comment", s}
-}
-
-func hash16(s string) string {
-	sum := sha256.Sum256([]byte(s))
-	return base32.StdEncoding.EncodeToString(sum[:])[:16]
 }

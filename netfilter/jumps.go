@@ -1,6 +1,8 @@
 package netfilter
 
 import (
+	"crypto/sha256"
+	"encoding/base32"
 	"fmt"
 	"strings"
 
@@ -51,6 +53,13 @@ func Comment(s string) []string {
 		s = `"` + s + `"`
 	}
 	return []string{"-m", "comment", "--comment", s}
+}
+
+// ChainHash is kube-proxy's suffix for per-service and per-endpoint chain names:
+// the first 16 base32 characters of the SHA-256 of s.
+func ChainHash(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return base32.StdEncoding.EncodeToString(sum[:])[:16]
 }
 
 // goJumper makes the single-rule changes with go-iptables, through the
