@@ -1,10 +1,7 @@
 package iptables
 
 import (
-	"flag"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
@@ -17,9 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/test/golden"
 )
-
-var update = flag.Bool("update", false, "rewrite testdata/*.golden with the rules rendered now")
 
 func eps(addrs ...string) []string { return addrs }
 
@@ -164,50 +160,10 @@ func scenarios() []scenario {
 	}, kubeProxyOverall()}
 }
 
-func goldenPath(name string) string { return filepath.Join("testdata", name+".golden") }
-
-func checkGolden(t *testing.T, name, got string) {
-	t.Helper()
-	path := goldenPath(name)
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test ./iptables -update)", err)
-	}
-	if got != string(want) {
-		t.Errorf("%s differs from what is rendered now (go test ./iptables -update rewrites it):\n%s", path, lineDiff(string(want), got))
-	}
-}
-
-// lineDiff lists the lines only in want (-) and only in got (+).
-func lineDiff(want, got string) string {
-	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
-	var b strings.Builder
-	for _, l := range w {
-		if !slices.Contains(g, l) {
-			b.WriteString("- " + l + "\n")
-		}
-	}
-	for _, l := range g {
-		if !slices.Contains(w, l) {
-			b.WriteString("+ " + l + "\n")
-		}
-	}
-	if b.Len() == 0 {
-		return "(same lines, different order)"
-	}
-	return b.String()
-}
-
 func TestGolden(t *testing.T) {
 	for _, sc := range scenarios() {
 		t.Run(sc.name, func(t *testing.T) {
-			checkGolden(t, sc.name, restoreText(render(t, sc.state(t, nil), sc.cfg()), nil))
+			golden.Check(t, sc.name, restoreText(render(t, sc.state(t, nil), sc.cfg()), nil))
 		})
 	}
 }
@@ -217,7 +173,7 @@ func TestBaseJumpsGolden(t *testing.T) {
 	for _, j := range BaseJumps(DefaultConfig(dataplane.IPv4)) {
 		b.WriteString("-t " + j.Table + " " + jumpLine(j) + "\n")
 	}
-	checkGolden(t, "base-jumps", b.String())
+	golden.Check(t, "base-jumps", b.String())
 }
 
 // Every jump to one of our chains lands on a chain that is rendered in the same
@@ -286,7 +242,7 @@ func TestDeterministic(t *testing.T) {
 				order = nil
 			}
 			if got := restoreText(render(t, sc.state(t, order), sc.cfg()), nil); got != want {
-				t.Errorf("%s: render %d differs:\n%s", sc.name, i, lineDiff(want, got))
+				t.Errorf("%s: render %d differs:\n%s", sc.name, i, golden.LineDiff(want, got))
 			}
 		}
 	}

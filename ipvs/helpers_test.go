@@ -1,12 +1,9 @@
 package ipvs
 
 import (
-	"flag"
 	"fmt"
 	"maps"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -23,8 +20,6 @@ import (
 // Builders of API objects, fed through the real model.
 
 const nodeName = "node-a"
-
-var update = flag.Bool("update", false, "rewrite testdata/*.golden with what is rendered now")
 
 func service(ns, name, clusterIP string, mods ...func(*v1.Service)) *v1.Service {
 	s := &v1.Service{
@@ -218,45 +213,6 @@ func (k *kernel) ourChains(f dataplane.Family) string {
 					fmt.Fprintf(&b, "%s %s: %s\n", t, name, r)
 				}
 			}
-		}
-	}
-	return b.String()
-}
-
-// golden compares got with testdata/NAME.golden (-update rewrites it).
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name+".golden")
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test ./ipvs -update)", err)
-	}
-	if string(want) != got {
-		t.Errorf("%s differs from what is rendered now (go test ./ipvs -run %s -update rewrites it):\n%s", path, t.Name(), lineDiff(string(want), got))
-	}
-}
-
-// lineDiff shows the lines only one side has.
-func lineDiff(want, got string) string {
-	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
-	var b strings.Builder
-	for _, l := range w {
-		if !slices.Contains(g, l) {
-			b.WriteString("- " + l + "\n")
-		}
-	}
-	for _, l := range g {
-		if !slices.Contains(w, l) {
-			b.WriteString("+ " + l + "\n")
 		}
 	}
 	return b.String()

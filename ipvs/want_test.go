@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/test/golden"
 )
 
 // describe is the whole configuration for st as text: the virtual services with
@@ -138,7 +139,7 @@ func TestWantGolden(t *testing.T) {
 			}
 			c := newCluster(mc)
 			tc.setup(c)
-			golden(t, tc.name, describe(c.st, o, setOf(nodeIPs)))
+			golden.Check(t, tc.name, describe(c.st, o, setOf(nodeIPs)))
 		})
 	}
 }
