@@ -281,3 +281,19 @@ func TestKernelMatchesFakes(t *testing.T) {
 		t.Errorf("netlink: the kernel\n%s\nthe fake\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// --mode=ipvs on a kernel without IPVS fails at start, saying what to do; the
+// library alone would succeed and then do nothing. Where the kernel has IPVS (the
+// VMs), the handle opens. Neither touches the namespace: the handle only asks.
+func TestNewKernelIPVSSaysWhenThereIsNoIPVS(t *testing.T) {
+	h, err := NewKernelIPVS("")
+	if Supported() == nil {
+		if err != nil || h == nil {
+			t.Fatalf("the kernel has IPVS, but: %v", err)
+		}
+		return // the handle's socket lives as long as the test binary, as the agent's does
+	}
+	if !errors.Is(err, ErrNoIPVS) || !strings.Contains(err.Error(), "--mode=iptables") {
+		t.Errorf("without IPVS: %v, want ErrNoIPVS naming --mode=iptables", err)
+	}
+}
