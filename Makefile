@@ -11,7 +11,7 @@ all: build
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/switchyard
 
-# Every test: formatting and vet, the unit and integration tests (with the race
+# Every test: no committed binaries, formatting and vet, the unit and integration tests (with the race
 # detector), then the flow files against upstream kube-proxy in both modes.
 test: prereqs controlplane vm-kernels lint unit flows vm-test vm-flows
 
@@ -57,6 +57,7 @@ unit:
 	$(GO) test -race -count=1 ./...
 
 lint:
+	test/check-tree.sh
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfe[lb].go$$')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
