@@ -1,10 +1,12 @@
 package watcher
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +14,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kyaml "k8s.io/apimachinery/pkg/util/yaml"
 	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
@@ -117,8 +120,16 @@ func parseManifests(ms []manifest, cache docCache) (*Objects, docCache, error) {
 // file parses one manifest. Documents are numbered from 1 in error messages,
 // counting only those with content, so "document 2" is the second object.
 func (p *parser) file(m manifest) error {
+	docs := kyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(m.data)))
 	doc := 0
-	for _, y := range splitDocuments(m.data) {
+	for {
+		y, err := docs.Read()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return location{file: m.name, doc: doc + 1}.wrap(err)
+		}
 		if p.reuse(y, m.name, doc+1) {
 			doc++
 			continue
@@ -136,22 +147,6 @@ func (p *parser) file(m manifest) error {
 			return err
 		}
 	}
-	return nil
-}
-
-// splitDocuments splits a YAML stream at "---" lines.
-func splitDocuments(data []byte) [][]byte {
-	var docs [][]byte
-	var cur []byte
-	for _, line := range bytes.SplitAfter(data, []byte("\n")) {
-		if string(bytes.TrimRight(line, " \t\r\n")) == "---" {
-			docs = append(docs, cur)
-			cur = nil
-			continue
-		}
-		cur = append(cur, line...)
-	}
-	return append(docs, cur)
 }
 
 // location names an object in the manifests for error messages.

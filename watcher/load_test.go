@@ -36,6 +36,21 @@ items:
 	}
 }
 
+// A separator line may carry a comment (kubectl accepts it); no document after it may be lost.
+func TestLoadSeparatorWithComment(t *testing.T) {
+	node := "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n"
+	dir := t.TempDir()
+	writeFile(t, dir, "m.yaml", "--- # the service\n"+webService+"--- # its slice\n"+webSlice+"---\t# the node\n"+node)
+	objs, err := Load(filepath.Join(dir, "m.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(objs.Services) != 1 || len(objs.EndpointSlices) != 1 || len(objs.Nodes) != 1 {
+		t.Errorf("Load: %d services, %d slices, %d nodes; want 1 of each",
+			len(objs.Services), len(objs.EndpointSlices), len(objs.Nodes))
+	}
+}
+
 func TestLoadErrors(t *testing.T) {
 	svc := func(repl ...string) string { return strings.NewReplacer(repl...).Replace(webService) }
 	tests := []struct {
@@ -55,6 +70,7 @@ func TestLoadErrors(t *testing.T) {
 			`document 1 item 1 (Node n1): unknown field "spek"`},
 		{"duplicate object", webService + "---\n" + webService, "document 2 (Service default/web): duplicate of "},
 		{"not an object", "just a string\n", "document 1: "},
+		{"separator with content", webService + "--- kind: Service\n", "document 1: invalid Yaml document separator: kind: Service"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
