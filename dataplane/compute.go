@@ -128,18 +128,62 @@ func (c *svcCommon) parse() {
 		c.sourceRanges = append(c.sourceRanges, p.Masked())
 	}
 	if spec.SessionAffinity == v1.ServiceAffinityClientIP {
-		c.affinity = defaultAffinityTimeout
-		if cfg := spec.SessionAffinityConfig; cfg != nil && cfg.ClientIP != nil && cfg.ClientIP.TimeoutSeconds != nil {
-			c.affinity = time.Duration(*cfg.ClientIP.TimeoutSeconds) * time.Second
-		}
+		c.affinity = c.affinityTimeout(spec.SessionAffinityConfig)
 	}
 	accessible := spec.Type == v1.ServiceTypeLoadBalancer || spec.Type == v1.ServiceTypeNodePort ||
 		(spec.Type == v1.ServiceTypeClusterIP && len(spec.ExternalIPs) > 0)
 	c.etpLocal = accessible && spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal
 	c.itpLocal = spec.InternalTrafficPolicy != nil && *spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal
-	if spec.Type == v1.ServiceTypeLoadBalancer && c.etpLocal && spec.HealthCheckNodePort > 0 && spec.HealthCheckNodePort <= 65535 {
+	if !validPort(spec.HealthCheckNodePort) && spec.HealthCheckNodePort != 0 {
+		c.problem("InvalidHealthCheckNodePort", "healthCheckNodePort %d is not a port number; ignored", spec.HealthCheckNodePort)
+	} else if spec.Type == v1.ServiceTypeLoadBalancer && c.etpLocal && spec.HealthCheckNodePort != 0 {
 		c.st.HealthCheckNodePort = uint16(spec.HealthCheckNodePort)
 	}
+}
+
+// maxAffinityTimeout is the API's upper bound for ClientIP affinity (one day).
+const maxAffinityTimeout = 86400
+
+// affinityTimeout is the ClientIP timeout, the API's default when none is given or
+// the given one is outside what API validation allows (1 s to a day).
+func (c *svcCommon) affinityTimeout(cfg *v1.SessionAffinityConfig) time.Duration {
+	if cfg == nil || cfg.ClientIP == nil || cfg.ClientIP.TimeoutSeconds == nil {
+		return defaultAffinityTimeout
+	}
+	secs := *cfg.ClientIP.TimeoutSeconds
+	if secs < 1 || secs > maxAffinityTimeout {
+		c.problem("InvalidAffinityTimeout", "sessionAffinityConfig.clientIP.timeoutSeconds %d is not in 1-%d; the default %d is used",
+			secs, maxAffinityTimeout, int(defaultAffinityTimeout.Seconds()))
+		return defaultAffinityTimeout
+	}
+	return time.Duration(secs) * time.Second
+}
+
+// validPort reports whether n is a port number (1-65535).
+func validPort(n int32) bool { return n >= 1 && n <= 65535 }
+
+// validProtocol reports whether p is a protocol a Service port may have.
+func validProtocol(p Protocol) bool { return p == TCP || p == UDP || p == SCTP }
+
+// portProtocol is a port's protocol, TCP when empty as the API defaults it.
+func portProtocol(p v1.Protocol) Protocol {
+	if p == "" {
+		return TCP
+	}
+	return Protocol(p)
+}
+
+// servicePort reports whether a Service port can be programmed at all, and why not.
+func (c *svcCommon) servicePort(port v1.ServicePort) bool {
+	switch proto := portProtocol(port.Protocol); {
+	case !validPort(port.Port):
+		c.problem("InvalidPort", "port %q has number %d; ignored", port.Name, port.Port)
+	case !validProtocol(proto):
+		c.problem("InvalidProtocol", "port %q has protocol %q; ignored", port.Name, proto)
+	default:
+		return true
+	}
+	return false
 }
 
 // checkShape reports what makes a service unusable that API validation would have
@@ -189,21 +233,17 @@ func (c *svcCommon) family(f Family, sl []*discovery.EndpointSlice) {
 	if !ok {
 		return // kube-proxy's proxier of this family ignores the service
 	}
-	eps := endpointsByPort(sl, f, c.node.Name)
+	eps := endpointsByPort(sl, f, c.node.Name, c.problem)
 	extIPs := addrsOfFamily(c.externalIPs, f)
 	lbIPs := addrsOfFamily(c.lbIPs, f)
 	ranges := prefixesOfFamily(c.sourceRanges, f)
 	nodePortIPs := c.node.NodePortIPs(f, c.cfg)
 	local := 0
 	for _, port := range c.svc.Spec.Ports {
-		proto := Protocol(port.Protocol)
-		if proto == "" {
-			proto = TCP
-		}
-		if port.Port < 1 || port.Port > 65535 {
-			c.problem("InvalidPort", "port %q has number %d; ignored", port.Name, port.Port)
+		if !c.servicePort(port) {
 			continue
 		}
+		proto := portProtocol(port.Protocol)
 		sp := ServicePort{ServiceName: c.st.Name, Port: port.Name, Protocol: proto}
 		accessible := port.NodePort != 0 || len(extIPs) > 0 || len(lbIPs) > 0
 		tmpl := FrontendState{
@@ -225,7 +265,9 @@ func (c *svcCommon) family(f Family, sl []*discovery.EndpointSlice) {
 		}
 		add(ClusterIP, clusterIP, port.Port, func(fs *FrontendState) { c.internalRoutes(fs, cat) })
 		if port.NodePort != 0 {
-			if c.cfg.NodePortRange.Size > 0 && !c.cfg.NodePortRange.Contains(int(port.NodePort)) {
+			if !validPort(port.NodePort) {
+				c.problem("InvalidNodePort", "nodePort %d of port %q is not a port number; not programmed", port.NodePort, port.Name)
+			} else if c.cfg.NodePortRange.Size > 0 && !c.cfg.NodePortRange.Contains(int(port.NodePort)) {
 				c.problem("NodePortOutOfRange", "nodePort %d of port %q is outside --node-port-range %s; not programmed",
 					port.NodePort, port.Name, c.cfg.NodePortRange)
 			} else {

@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -397,6 +398,16 @@ func TestExternalFrontendsAndOptions(t *testing.T) {
 		if got := ComputeService(s, eps, node("192.168.0.2"), cfgWith()).Frontends[0].Affinity; got != time.Minute {
 			t.Errorf("affinity %v", got)
 		}
+		for _, bad := range []int32{-5, 0, 86401} {
+			s.Spec.SessionAffinityConfig.ClientIP.TimeoutSeconds = ptr.To(bad)
+			st := ComputeService(s, eps, node("192.168.0.2"), cfgWith())
+			if got := st.Frontends[0].Affinity; got != 3*time.Hour {
+				t.Errorf("timeout %d: affinity %v, want the default", bad, got)
+			}
+			if len(st.Problems) != 1 || st.Problems[0].Reason != "InvalidAffinityTimeout" {
+				t.Errorf("timeout %d: problems %+v, want InvalidAffinityTimeout", bad, st.Problems)
+			}
+		}
 		s.Spec.SessionAffinity = v1.ServiceAffinityNone
 		if got := ComputeService(s, eps, node("192.168.0.2"), cfgWith()).Frontends[0].Affinity; got != 0 {
 			t.Errorf("no affinity expected, got %v", got)
@@ -417,6 +428,9 @@ func TestExternalFrontendsAndOptions(t *testing.T) {
 	})
 }
 
+// cip is the cluster IP frontend of svc("web") with the one endpoint 10.1.0.1:8080.
+const cip = "ClusterIP 172.30.0.1:80/TCP pod=10.1.0.1:8080 host=10.1.0.1:8080 +masq out=10.1.0.1:8080 +masq"
+
 func TestMalformedServices(t *testing.T) {
 	eps := []*discovery.EndpointSlice{slice("web-1", 8080, "10.1.0.1")}
 	runComputeCases(t, []computeCase{
@@ -428,7 +442,56 @@ func TestMalformedServices(t *testing.T) {
 			want:     []string{"ClusterIP 172.30.0.1:80/TCP pod=10.1.0.1:8080 host=10.1.0.1:8080 +masq out=10.1.0.1:8080 +masq"},
 			problems: []string{"InvalidPort"},
 		},
+		{
+			name: "a protocol the API does not have", slices: eps,
+			svc: svc("web", func(s *v1.Service) {
+				s.Spec.Ports = append(s.Spec.Ports, v1.ServicePort{Name: "bad", Port: 81, Protocol: "ICMP"})
+			}),
+			want:     []string{cip},
+			problems: []string{"InvalidProtocol"},
+		},
+		{
+			// Without a --node-port-range nothing else stops it; it used to become port 65535.
+			name: "a nodePort that is no port number", slices: eps,
+			svc:      svc("web", nodePort(-1)),
+			cfg:      cfgWith(func(c *Config) { c.NodePortRange = PortRange{} }),
+			want:     []string{cip},
+			problems: []string{"InvalidNodePort"},
+		},
+		{
+			name: "a health-check node port that is no port number", slices: eps,
+			svc:  svc("web", func(s *v1.Service) { s.Spec.HealthCheckNodePort = 70000 }),
+			want: []string{cip}, problems: []string{"InvalidHealthCheckNodePort"},
+		},
 	})
+}
+
+// Slices from files or an older API server may carry what validation refuses: each
+// such port, protocol and address is left out and reported, never wrapped into a
+// port or address that exists.
+func TestMalformedEndpointSlices(t *testing.T) {
+	good := slice("web-0", 8080, "10.1.0.1")
+	withPort := func(port int32) *discovery.EndpointSlice { return slice("web-1", port, "10.1.0.2") }
+	var cases []computeCase
+	for _, port := range []int32{-1, 0, 65536, 70000} {
+		cases = append(cases, computeCase{
+			name: fmt.Sprintf("port %d", port), svc: svc("web"),
+			slices: []*discovery.EndpointSlice{good, withPort(port)}, want: []string{cip}, problems: []string{"InvalidEndpointPort"},
+		})
+	}
+	badProto := withPort(8080)
+	badProto.Ports[0].Protocol = ptr.To(v1.Protocol("ICMP"))
+	badAddrs := slice("web-1", 8080, "10.1.0.300", "10.1.0.2")
+	badAddrs.Endpoints = append(badAddrs.Endpoints, discovery.Endpoint{Addresses: []string{"fd00::2"}})
+	cases = append(cases, computeCase{
+		name: "a protocol the API does not have", svc: svc("web"),
+		slices: []*discovery.EndpointSlice{good, badProto}, want: []string{cip}, problems: []string{"InvalidEndpointProtocol"},
+	}, computeCase{
+		name: "addresses that are not of the slice's family", svc: svc("web"), slices: []*discovery.EndpointSlice{good, badAddrs},
+		want:     []string{"ClusterIP 172.30.0.1:80/TCP pod=10.1.0.1:8080,10.1.0.2:8080 host=10.1.0.1:8080,10.1.0.2:8080 +masq out=10.1.0.1:8080,10.1.0.2:8080 +masq"},
+		problems: []string{"InvalidEndpointAddress", "InvalidEndpointAddress"},
+	})
+	runComputeCases(t, cases)
 }
 
 func TestDualStack(t *testing.T) {

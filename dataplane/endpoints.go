@@ -19,8 +19,9 @@ type portKey struct {
 // by port name and protocol, deduplicated by address and port the way kube-proxy's
 // EndpointSliceCache does (the first address of an endpoint counts; a local copy
 // wins over a remote one). Slices are visited in name order so the result does not
-// depend on map order.
-func endpointsByPort(sl []*discovery.EndpointSlice, f Family, nodeName string) map[portKey][]Endpoint {
+// depend on map order. Ports and addresses that are not what the API allows are
+// left out and reported through problem.
+func endpointsByPort(sl []*discovery.EndpointSlice, f Family, nodeName string, problem problemFunc) map[portKey][]Endpoint {
 	sorted := slices.Clone(sl)
 	slices.SortFunc(sorted, func(a, b *discovery.EndpointSlice) int { return cmp.Compare(a.Name, b.Name) })
 
@@ -30,22 +31,17 @@ func endpointsByPort(sl []*discovery.EndpointSlice, f Family, nodeName string) m
 		if !sliceFamilyMatches(s.AddressType, f) || s.Labels[labelServiceProxyName] != "" {
 			continue
 		}
+		addrs := sliceAddrs(s, f, problem)
 		for _, p := range s.Ports {
-			if p.Port == nil {
-				continue // kube-proxy ignores ports without a number
+			pk, ok := slicePort(s.Name, p, problem)
+			if !ok {
+				continue
 			}
-			pk := portKey{protocol: TCP}
-			if p.Name != nil {
-				pk.name = *p.Name
-			}
-			if p.Protocol != nil {
-				pk.protocol = Protocol(*p.Protocol)
-			}
-			for _, ep := range s.Endpoints {
-				b, ok := endpointFrom(ep, uint16(*p.Port), f, nodeName)
-				if !ok {
+			for i, ep := range s.Endpoints {
+				if !addrs[i].IsValid() {
 					continue
 				}
+				b := endpointFrom(ep, addrs[i], uint16(*p.Port), nodeName)
 				idx, dup := seen[pk][b.AddrPort()]
 				switch {
 				case !dup:
@@ -66,20 +62,59 @@ func endpointsByPort(sl []*discovery.EndpointSlice, f Family, nodeName string) m
 	return out
 }
 
+// problemFunc reports a problem of the service being computed.
+type problemFunc func(reason, format string, args ...any)
+
+// slicePort is the key an EndpointSlice port matches Service ports by, or false
+// when the port is left out.
+func slicePort(slice string, p discovery.EndpointPort, problem problemFunc) (portKey, bool) {
+	if p.Port == nil {
+		return portKey{}, false // kube-proxy ignores ports without a number
+	}
+	pk := portKey{protocol: TCP}
+	if p.Name != nil {
+		pk.name = *p.Name
+	}
+	if p.Protocol != nil {
+		pk.protocol = Protocol(*p.Protocol)
+	}
+	switch {
+	case !validPort(*p.Port):
+		problem("InvalidEndpointPort", "EndpointSlice %s: port %q has number %d; ignored", slice, pk.name, *p.Port)
+	case !validProtocol(pk.protocol):
+		problem("InvalidEndpointProtocol", "EndpointSlice %s: port %q has protocol %q; ignored", slice, pk.name, pk.protocol)
+	default:
+		return pk, true
+	}
+	return portKey{}, false
+}
+
+// sliceAddrs parses each endpoint's first address (the one kube-proxy uses); an
+// endpoint without a usable one gets the zero Addr.
+func sliceAddrs(s *discovery.EndpointSlice, f Family, problem problemFunc) []netip.Addr {
+	out := make([]netip.Addr, len(s.Endpoints))
+	for i, ep := range s.Endpoints {
+		if len(ep.Addresses) == 0 {
+			continue
+		}
+		addr, err := netip.ParseAddr(ep.Addresses[0])
+		if err != nil || FamilyOf(addr) != f {
+			problem("InvalidEndpointAddress", "EndpointSlice %s: endpoint address %q is not an %s address; ignored",
+				s.Name, ep.Addresses[0], f)
+			continue
+		}
+		out[i] = addr.Unmap()
+	}
+	return out
+}
+
 func sliceFamilyMatches(t discovery.AddressType, f Family) bool {
 	return (t == discovery.AddressTypeIPv4 && f == IPv4) || (t == discovery.AddressTypeIPv6 && f == IPv6)
 }
 
-func endpointFrom(ep discovery.Endpoint, port uint16, f Family, nodeName string) (Endpoint, bool) {
-	if len(ep.Addresses) == 0 || port == 0 {
-		return Endpoint{}, false
-	}
-	addr, err := netip.ParseAddr(ep.Addresses[0])
-	if err != nil || FamilyOf(addr) != f {
-		return Endpoint{}, false
-	}
+func endpointFrom(ep discovery.Endpoint, addr netip.Addr, port uint16, nodeName string) Endpoint {
 	b := Endpoint{
-		Addr: addr.Unmap(),
+		Addr: addr,
 		Port: port,
 		// kube-proxy: a missing condition means ready and serving, not terminating.
 		Ready:       ep.Conditions.Ready == nil || *ep.Conditions.Ready,
@@ -101,7 +136,7 @@ func endpointFrom(ep discovery.Endpoint, port uint16, f Family, nodeName string)
 			b.NodeHints = append(b.NodeHints, n.Name)
 		}
 	}
-	return b, true
+	return b
 }
 
 // categorized is kube-proxy's CategorizeEndpoints result.

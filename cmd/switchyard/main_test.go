@@ -171,6 +171,32 @@ func TestPrintDemoManifests(t *testing.T) {
 	}
 }
 
+// A slice port the API would refuse is reported and left out, never wrapped into a port.
+func TestPrintReportsInvalidEndpointPort(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "web.yaml", `apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: ns}
+spec: {clusterIP: 172.30.0.1, ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: ns, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{port: -1}]
+endpoints: [{addresses: [10.0.1.1]}]
+`)
+	code, stdout, stderr := runCLI(t, "agent", "--mode=print", "--source=file:"+dir, "--hostname-override=node-a", "--once")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	flat := strings.Join(strings.Fields(stdout), " ")
+	want := `! ns/web InvalidEndpointPort: EndpointSlice web-1: port "" has number -1; ignored`
+	if !strings.Contains(flat, want) || strings.Contains(flat, "65535") {
+		t.Errorf("output lacks %q or shows a wrapped port:\n%s", want, stdout)
+	}
+}
+
 func TestMalformedManifestIsAClearError(t *testing.T) {
 	dir := t.TempDir()
 	writeFile(t, dir, "svc.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: ns}\nspec:\n  prots: []\n")
