@@ -38,7 +38,7 @@ type agent struct {
 }
 
 func runAgent(ctx context.Context, cfg *agentConfig, out, log io.Writer) error {
-	choice := resolveMode(cfg.mode, bpf.Probe, log)
+	choice := resolveMode(cfg.mode, ebpfProbe(cfg, bpf.Probe), log)
 	mode := choice.mode
 	registry := prometheus.NewRegistry()
 	choice.register(registry)
@@ -70,7 +70,7 @@ func runAgent(ctx context.Context, cfg *agentConfig, out, log io.Writer) error {
 	a.problems = logProblems
 	a.tracker = dataplane.NewTracker(cfg.model, func() { a.runner.Kick() })
 	a.runner = dataplane.NewRunner(backend, a.tracker, dataplane.RunnerConfig{
-		MinSyncPeriod: cfg.minSyncPeriod, SyncPeriod: cfg.syncPeriod,
+		MinSyncPeriod: cfg.minSyncPeriodFor(mode), SyncPeriod: cfg.syncPeriod,
 		Metrics: dataplane.NewMetrics(a.registry),
 		Hooks: dataplane.Hooks{
 			Queued:   a.health.QueuedUpdate,

@@ -48,6 +48,7 @@ func TestBadFlagsExit2NamingTheFlag(t *testing.T) {
 		{[]string{"agent", "--cgroup-root=sub"}, "--cgroup-root"},
 		{[]string{"agent", "--bpf-max-backends=3"}, "--bpf-max"},
 		{[]string{"agent", "--bpf-max-services=-1"}, "bpf-max-services"},
+		{[]string{"agent", "--mode=ebpf", "--masquerade-all"}, "--masquerade-all: eBPF mode cannot masquerade"},
 	} {
 		code, _, stderr := runCLI(t, tc.args...)
 		if code != 2 || !strings.Contains(stderr, tc.want) {
@@ -229,6 +230,42 @@ switchyard_dataplane_info{fallback_reason="bpf: missing: widgets",mode="iptables
 	}
 	if c := resolveMode("print", missing, &log); c.mode != "print" || c.fallback != "" {
 		t.Errorf("an explicit mode is kept: %+v", c)
+	}
+	// eBPF mode cannot masquerade what its socket hooks translate: auto must not pick it then.
+	masqAll := &agentConfig{model: dataplane.Config{MasqueradeAll: true}}
+	if c := resolveMode("auto", ebpfProbe(masqAll, ok), &log); c.mode != "iptables" || !strings.Contains(c.fallback, "--masquerade-all") {
+		t.Errorf("auto with --masquerade-all: %+v", c)
+	}
+}
+
+// The minimum sync period's default belongs to the mode the agent runs, which
+// auto learns only at start.
+func TestMinSyncPeriodFollowsTheResolvedMode(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		mode string
+		want time.Duration
+	}{
+		{[]string{"--mode=auto"}, "iptables", time.Second},
+		{[]string{"--mode=auto"}, "ebpf", 0},
+		{[]string{"--mode=iptables"}, "iptables", time.Second},
+		{[]string{"--mode=ipvs"}, "ipvs", time.Second},
+		{[]string{"--mode=auto", "--min-sync-period=0s"}, "iptables", 0},
+		{[]string{"--mode=auto", "--min-sync-period=3s"}, "ebpf", 3 * time.Second},
+	} {
+		o := newOptions()
+		fs := pflag.NewFlagSet("agent", pflag.ContinueOnError)
+		o.addFlags(fs)
+		if err := fs.Parse(append(tc.args, "--hostname-override=n")); err != nil {
+			t.Fatal(err)
+		}
+		c, err := o.complete()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.minSyncPeriodFor(tc.mode); got != tc.want {
+			t.Errorf("%v resolved to %s: min sync period %s, want %s", tc.args, tc.mode, got, tc.want)
+		}
 	}
 }
 

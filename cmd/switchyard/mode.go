@@ -42,6 +42,17 @@ func resolveMode(mode string, probe func() error, log io.Writer) modeChoice {
 	return c
 }
 
+// ebpfProbe tells auto whether eBPF mode can do what this configuration asks:
+// the kernel's features, and what the eBPF dataplane cannot do yet.
+func ebpfProbe(cfg *agentConfig, kernel func() error) func() error {
+	return func() error {
+		if cfg.model.MasqueradeAll {
+			return errEBPFMasqueradeAll
+		}
+		return kernel()
+	}
+}
+
 // register exports the choice, so that a fleet's operators can find the nodes
 // where auto fell back, and why, without reading logs.
 func (c modeChoice) register(r prometheus.Registerer) {

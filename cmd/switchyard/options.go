@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -123,15 +124,18 @@ type agentConfig struct {
 	metricsAddr   string
 	syncPeriod    time.Duration
 	minSyncPeriod time.Duration
-	once          bool
-	bpfRoot       string
-	cgroupRoot    string    // "" means the cgroup v2 mount, found at start
-	bpfMaps       [2]uint32 // services, backends
-	devices       []string
-	tcMode        bpf.TCMode
-	iptVariant    netfilter.Variant
-	masqBit       int
-	ipvsScheduler string
+	// minSyncPeriodSet: given by flag or config file; otherwise the default
+	// depends on the mode, which auto learns only at start (minSyncPeriodFor).
+	minSyncPeriodSet bool
+	once             bool
+	bpfRoot          string
+	cgroupRoot       string    // "" means the cgroup v2 mount, found at start
+	bpfMaps          [2]uint32 // services, backends
+	devices          []string
+	tcMode           bpf.TCMode
+	iptVariant       netfilter.Variant
+	masqBit          int
+	ipvsScheduler    string
 }
 
 // complete applies the config file (command-line flags win), then validates
@@ -218,8 +222,9 @@ func (o *options) validate() (*agentConfig, error) {
 		return nil, flagErr("min-sync-period", "must not be negative, got %s", o.minSyncPeriod)
 	}
 	c.syncPeriod, c.minSyncPeriod = o.syncPeriod, o.minSyncPeriod
-	if !o.flags.Changed("min-sync-period") && o.minSyncPeriod == 0 && (o.mode == "iptables" || o.mode == "ipvs") {
-		c.minSyncPeriod = time.Second // kube-proxy's default for rule-rewriting modes
+	c.minSyncPeriodSet = o.flags.Changed("min-sync-period") || o.minSyncPeriod != 0
+	if c.mode == "ebpf" && c.model.MasqueradeAll {
+		return nil, flagErr("masquerade-all", "%v; use --mode=iptables or --mode=ipvs", errEBPFMasqueradeAll)
 	}
 	switch {
 	case o.source == "apiserver":
@@ -230,6 +235,21 @@ func (o *options) validate() (*agentConfig, error) {
 	}
 	return c, nil
 }
+
+// minSyncPeriodFor is the minimum time between syncs in the mode the agent really
+// runs: --min-sync-period when given, else kube-proxy's 1 s for the modes that
+// rewrite rules with a tool, and none for the map-writing ones.
+func (c *agentConfig) minSyncPeriodFor(mode string) time.Duration {
+	if c.minSyncPeriodSet || (mode != "iptables" && mode != "ipvs") {
+		return c.minSyncPeriod
+	}
+	return time.Second
+}
+
+// errEBPFMasqueradeAll: the socket hooks translate a connection that starts in a
+// pod or on the node at connect(), so there is no packet to masquerade, and such
+// connections would keep their source address where kube-proxy hides it.
+var errEBPFMasqueradeAll = errors.New("eBPF mode cannot masquerade connections that start in pods or on the node (--masquerade-all)")
 
 func nodeName(override string) (string, error) {
 	name := strings.TrimSpace(override)
