@@ -48,9 +48,11 @@ type API interface {
 
 // Outcome is the result of one flow.
 type Outcome struct {
-	Case     string `json:"case"`
-	Flow     string `json:"flow"`
-	Status   string `json:"status"` // PASS, FAIL, SKIP
+	Case string `json:"case"`
+	Flow string `json:"flow"`
+	// PASS, FAIL, SKIP, or ERROR: the case could not be set up or run to its end
+	// (Flow is empty, Got is the error).
+	Status   string `json:"status"`
 	Expected string `json:"expected"`
 	Got      string `json:"got"`
 }
@@ -78,6 +80,20 @@ func (r *Report) add(o Outcome, out io.Writer) {
 	fmt.Fprintf(out, "%s %s / %s: expected %s got %s\n", o.Status, o.Case, o.Flow, o.Expected, o.Got)
 }
 
+func (r *Report) skipAll(c flow.Case, flows []flow.Flow, reason string, out io.Writer) {
+	for _, f := range flows {
+		r.add(Outcome{Case: c.Name, Flow: f.Name, Status: "SKIP", Expected: expected(f), Got: reason}, out)
+	}
+}
+
+// addError records a case that could not be set up or run to its end, as one
+// failure: how many of its flows it kept from running is unknown.
+func (r *Report) addError(c flow.Case, err error, out io.Writer) {
+	r.Outcomes = append(r.Outcomes, Outcome{Case: c.Name, Status: "ERROR", Got: err.Error()})
+	r.Failed++
+	fmt.Fprintf(out, "ERROR %s (%s): %v\n", c.Name, c.File, err)
+}
+
 // Summary is the last line of a run.
 func (r *Report) Summary() string {
 	return fmt.Sprintf("%d passed, %d failed, %d skipped", r.Passed, r.Failed, r.Skipped)
@@ -85,29 +101,37 @@ func (r *Report) Summary() string {
 
 // Run runs the cases. An error means the harness itself failed, not a flow.
 func Run(ctx context.Context, o Options, cases []flow.Case) (*Report, error) {
+	return o.run(ctx, cases, o.runCase)
+}
+
+// caseFunc runs the selected flows of one case; tests put a fake in.
+type caseFunc func(ctx context.Context, c flow.Case, flows []flow.Flow) ([]Outcome, error)
+
+func (o Options) run(ctx context.Context, cases []flow.Case, runCase caseFunc) (*Report, error) {
 	rep := &Report{Proxy: o.Proxy, Source: o.Source}
 	for _, c := range cases {
 		flows := o.selected(c)
 		if len(flows) == 0 {
 			continue
 		}
-		skip := o.skipReason(c)
-		var outcomes []Outcome
-		if skip == "" {
-			var err error
-			if outcomes, err = o.runCase(ctx, c, flows); err != nil {
-				return rep, fmt.Errorf("case %q (%s): %w", c.Name, c.File, err)
-			}
-		} else {
-			for _, f := range flows {
-				outcomes = append(outcomes, Outcome{Case: c.Name, Flow: f.Name, Status: "SKIP", Expected: expected(f), Got: skip})
-			}
+		if skip := o.skipReason(c); skip != "" {
+			rep.skipAll(c, flows, skip, o.Out)
+			continue
 		}
+		outcomes, err := runCase(ctx, c, flows)
 		for _, oc := range outcomes {
 			rep.add(oc, o.Out)
 		}
-		if o.Keep && skip == "" {
-			fmt.Fprintf(o.Out, "--keep: stopping after case %q with its topology up\n", c.Name)
+		if err != nil && ctx.Err() != nil {
+			// Interrupted: every case after this one would fail the same way.
+			return rep, fmt.Errorf("case %q (%s): %w", c.Name, c.File, err)
+		}
+		if err != nil {
+			// One case that cannot be set up says nothing about the others.
+			rep.addError(c, err, o.Out)
+		}
+		if o.Keep {
+			fmt.Fprintf(o.Out, "--keep: stopping after case %q with what it built left up\n", c.Name)
 			break
 		}
 	}

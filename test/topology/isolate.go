@@ -120,8 +120,12 @@ func rootLinkNames(ctx context.Context) ([]string, error) {
 	return names, nil
 }
 
+// ipJSON runs `ip -j args...` and decodes its stdout. What a successful ip says on stderr is left
+// out: `netns list-id` complains there about any namespace of the machine it could not look up
+// (another run's, being deleted), and our own ones cannot be among them while the topology is up;
+// were one of ours unnamed for it, checkPeers would fail that peer anyway.
 func ipJSON(ctx context.Context, v any, args ...string) error {
-	out, err := run(ctx, "ip", append([]string{"-j"}, args...)...)
+	out, stderr, err := runStdout(ctx, "ip", append([]string{"-j"}, args...)...)
 	if err != nil {
 		return err
 	}
@@ -129,7 +133,7 @@ func ipJSON(ctx context.Context, v any, args ...string) error {
 		return nil // older iproute2 prints nothing for an empty list
 	}
 	if err := json.Unmarshal([]byte(out), v); err != nil {
-		return fmt.Errorf("ip -j %s: %w", strings.Join(args, " "), err)
+		return fmt.Errorf("ip -j %s: %w (stderr: %s)", strings.Join(args, " "), err, strings.TrimSpace(stderr))
 	}
 	return nil
 }

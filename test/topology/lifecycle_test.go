@@ -224,3 +224,70 @@ func filepathProc(pid int, file string) string {
 }
 
 func filepathProcNS(pid int) string { return filepathProc(pid, "ns/net") }
+
+// TestAssertIsolatedBesideAnotherRun: another run adding and deleting its namespaces meanwhile must not
+// fail this run's isolation check (iproute2's list-id looks up every named namespace of the machine).
+func TestAssertIsolatedBesideAnotherRun(t *testing.T) {
+	topo := build(t, smallScenario())
+	stop := churnNamespaces(t)
+	checks := 0
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); checks++ {
+		if err := topo.AssertIsolated(); err != nil {
+			t.Errorf("check %d: %v", checks, err)
+			break
+		}
+	}
+	cycles, err := stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d checks while the other run made and deleted %d namespaces", checks, cycles)
+	if cycles == 0 {
+		t.Error("the other run made no namespace: the test proved nothing")
+	}
+}
+
+// churnNamespaces adds and deletes a namespace of another run (a prefix of its own, claimed so that
+// cleanups of other tests leave it alone) until stop, which returns how many it made.
+func churnNamespaces(t *testing.T) (stop func() (int, error)) {
+	t.Helper()
+	prefix := mustPrefix(t)
+	if err := claimPrefix(prefix); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := CleanupPrefix(prefix + "-"); err != nil {
+			t.Error(err)
+		}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	type result struct {
+		n   int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		n, err := churn(ctx, prefix+"-churn")
+		done <- result{n, err}
+	}()
+	return func() (int, error) {
+		cancel()
+		r := <-done
+		return r.n, r.err
+	}
+}
+
+func churn(ctx context.Context, name string) (int, error) {
+	for n := 0; ; n++ {
+		if ctx.Err() != nil {
+			return n, nil
+		}
+		// Not ctx: a cancel between the two would leave the namespace behind.
+		if err := addNetns(context.Background(), name); err != nil {
+			return n, err
+		}
+		if err := delNetns(context.Background(), name); err != nil {
+			return n, err
+		}
+	}
+}

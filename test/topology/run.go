@@ -1,6 +1,7 @@
 package topology
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os/exec"
@@ -15,6 +16,19 @@ func run(ctx context.Context, name string, args ...string) (string, error) {
 		return string(out), fmt.Errorf("%s: %w: %s", cmdline(name, args), err, strings.TrimSpace(string(out)))
 	}
 	return string(out), nil
+}
+
+// runStdout is run for output a program parses: stdout alone. iproute2 writes to stderr about
+// namespaces it merely came across (one another run is deleting at that moment) and still exits 0,
+// and that text mixed in would break the parse. The error carries stderr.
+func runStdout(ctx context.Context, name string, args ...string) (stdout, stderr string, err error) {
+	var out, errOut bytes.Buffer
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Run(); err != nil {
+		return out.String(), errOut.String(), fmt.Errorf("%s: %w: %s", cmdline(name, args), err, strings.TrimSpace(errOut.String()))
+	}
+	return out.String(), errOut.String(), nil
 }
 
 // ipIn runs `ip -n ns args...`: every change is made from outside into a namespace of ours, so none

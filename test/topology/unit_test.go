@@ -1,7 +1,10 @@
 package topology
 
 import (
+	"context"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -126,4 +129,37 @@ func TestMarker(t *testing.T) {
 	if n := len(p + ifClientLan + "99"); n > 15 {
 		t.Errorf("interface name of %d bytes", n)
 	}
+}
+
+// iproute2 reports a namespace it could not look up (another run deleting one at that moment) on
+// stderr and still exits 0 with its whole answer on stdout: that answer must be read as it is.
+func TestIPJSONReadsStdoutOnly(t *testing.T) {
+	fakeIP(t, `echo 'Error: Peer netns reference is invalid.' >&2; echo '[{"nsid":0,"name":"syaaaaaa-lan"}]'`)
+	var ids []nsID
+	if err := ipJSON(context.Background(), &ids, "-n", "syaaaaaa-node", "netns", "list-id"); err != nil {
+		t.Fatal(err)
+	}
+	if want := []nsID{{0, "syaaaaaa-lan"}}; !reflect.DeepEqual(ids, want) {
+		t.Errorf("got %+v, want %+v", ids, want)
+	}
+	fakeIP(t, `echo 'Cannot open network namespace "syaaaaaa-node"' >&2; exit 1`)
+	err := ipJSON(context.Background(), &ids, "-n", "syaaaaaa-node", "netns", "list-id")
+	if err == nil || !strings.Contains(err.Error(), "Cannot open network namespace") {
+		t.Errorf("a failed ip: %v, want its stderr in the error", err)
+	}
+	fakeIP(t, `echo 'Warning: something' >&2; echo 'not json'`)
+	err = ipJSON(context.Background(), &ids, "netns", "list-id")
+	if err == nil || !strings.Contains(err.Error(), "Warning: something") {
+		t.Errorf("garbage on stdout: %v, want an error with ip's stderr", err)
+	}
+}
+
+// fakeIP puts an `ip` that runs script first in PATH for the rest of the test.
+func fakeIP(t *testing.T, script string) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "ip"), []byte("#!/bin/sh\n"+script+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
 }

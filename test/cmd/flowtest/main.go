@@ -2,8 +2,10 @@
 //
 //	go run ./test/cmd/flowtest --proxy=kube-proxy-nftables test/flows/*.json
 //
-// It prints one line per flow and, last, "N passed, M failed, K skipped"; it exits
-// 1 when a flow failed and 2 when the harness could not run.
+// It prints one line per flow and, last, "N passed, M failed, K skipped"; a case
+// that cannot be set up (an object the API server refuses, say) is one ERROR line,
+// counted as failed, and the run goes on. It exits 1 when a flow or case failed
+// and 2 when the harness could not run.
 package main
 
 import (
