@@ -132,14 +132,14 @@ func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
 
 func (b *Backend) Name() string { return "ebpf" }
 
-func (b *Backend) Sync(_ context.Context, st *dataplane.State, changes *dataplane.ChangeSet) error {
-	err := b.writer.Sync(st, changes)
-	if nerr := b.nat.setNodeIPs(st.Node.IPs, changes == nil); nerr != nil {
-		err = errors.Join(err, nerr)
-	}
-	b.devices.setNodeIPs(st.Node.IPs)
-	if derr := b.devices.sync(changes == nil); derr != nil {
-		err = errors.Join(err, derr)
+// Sync writes the maps, then follows the node's addresses and devices. When
+// ctx ends the maps' writer stops between two frontends, and the node's part
+// waits for the next sync; sockets connected to backends it removed are
+// destroyed all the same.
+func (b *Backend) Sync(ctx context.Context, st *dataplane.State, changes *dataplane.ChangeSet) error {
+	err := b.writer.Sync(ctx, st, changes)
+	if ctx.Err() == nil {
+		err = errors.Join(err, b.syncNode(st, changes == nil))
 	}
 	// Clients keep sending into a removed backend otherwise; a failure here is
 	// logged, not the sync's: the backend is gone whatever happens to the sockets.
@@ -149,6 +149,14 @@ func (b *Backend) Sync(_ context.Context, st *dataplane.State, changes *dataplan
 		}
 	}
 	return err
+}
+
+// syncNode gives the tc programs the node's addresses and attaches them to the
+// devices (all of them again with full).
+func (b *Backend) syncNode(st *dataplane.State, full bool) error {
+	err := b.nat.setNodeIPs(st.Node.IPs, full)
+	b.devices.setNodeIPs(st.Node.IPs)
+	return errors.Join(err, b.devices.sync(full))
 }
 
 // Cleanup removes the pins, which detaches the programs and frees the maps.

@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"net/netip"
@@ -55,7 +56,7 @@ func newNATEnv(t *testing.T) *natEnv {
 	})
 	w := NewWriter(NewKernelMap[sockSvcKey, sockSvcVal](objs.Services), NewKernelMap[uint32, sockBackend](objs.Backends),
 		NewKernelMap[tcRangeKey, uint8](objs.TC.SourceRanges))
-	if err := w.Sync(tcState(), nil); err != nil {
+	if err := w.Sync(context.Background(), tcState(), nil); err != nil {
 		t.Fatal(err)
 	}
 	nat := &natConfig{snat: NewKernelMap[uint32, tcSnatAddr](objs.TC.SNATAddrs), cidrs: NewKernelMap[tcCidrKey, uint8](objs.TC.ClusterCIDRs)}

@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -112,8 +113,10 @@ func NewWriter(services Map[sockSvcKey, sockSvcVal], backends Map[uint32, sockBa
 // Sync writes the changed frontends, or with changes nil, reads the kernel back
 // and makes it match the whole state (restart recovery and drift repair). A
 // frontend that cannot be written keeps what it had; the others go on, and the
-// errors come back together.
-func (w *Writer) Sync(st *dataplane.State, changes *dataplane.ChangeSet) error {
+// errors come back together. When ctx ends it stops between two frontends (each
+// is written make-before-break, completely) and tidies up after those it wrote;
+// the error then wraps ctx.Err().
+func (w *Writer) Sync(ctx context.Context, st *dataplane.State, changes *dataplane.ChangeSet) error {
 	var keys []dataplane.FrontendKey
 	if changes == nil {
 		if err := w.readKernel(); err != nil {
@@ -137,7 +140,12 @@ func (w *Writer) Sync(st *dataplane.State, changes *dataplane.ChangeSet) error {
 	slices.SortFunc(keys, compareKeys)
 	var errs []error
 	rejected := dataplane.FrontendErrors{}
-	for _, k := range keys {
+	for i, k := range keys {
+		if cerr := ctx.Err(); cerr != nil {
+			errs = append(errs, fmt.Errorf("stopped after %d of %d frontends: %w", i, len(keys), cerr))
+			keys = keys[:i]
+			break
+		}
 		var err error
 		if f := st.Frontends[k]; f != nil {
 			err = w.put(f)

@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math/rand"
@@ -136,7 +137,7 @@ func TestWriterProgramsState(t *testing.T) {
 		"[fd00:30::10]:80/TCP": {"[fd00:10::1]:8080"},
 	})
 	st.Frontends[dataplane.FrontendKey{Addr: netip.MustParseAddr("172.30.0.10"), Port: 80, Protocol: "TCP"}].Affinity = time.Minute
-	if err := w.Sync(st, nil); err != nil {
+	if err := w.Sync(context.Background(), st, nil); err != nil {
 		t.Fatal(err)
 	}
 	want := []string{
@@ -166,13 +167,13 @@ func TestWriterMakeBeforeBreak(t *testing.T) {
 	f := newFakes(100)
 	w := f.writer()
 	fe := "172.30.0.10:80/TCP"
-	if err := w.Sync(stateOf(map[string][]string{fe: {"10.0.1.1:8080", "10.0.1.2:8080", "10.0.1.3:8080"}}), nil); err != nil {
+	if err := w.Sync(context.Background(), stateOf(map[string][]string{fe: {"10.0.1.1:8080", "10.0.1.2:8080", "10.0.1.3:8080"}}), nil); err != nil {
 		t.Fatal(err)
 	}
 	before, _ := f.be.All()
 	f.ops = nil
 	// One backend replaced, one removed: new backend, its slot, the count, then the stale slot and backends.
-	if err := w.Sync(stateOf(map[string][]string{fe: {"10.0.1.1:8080", "10.0.1.9:8080"}}), changed(fe)); err != nil {
+	if err := w.Sync(context.Background(), stateOf(map[string][]string{fe: {"10.0.1.1:8080", "10.0.1.9:8080"}}), changed(fe)); err != nil {
 		t.Fatal(err)
 	}
 	want := []string{"backend put", "svc put slot 2", "svc put slot 0", "svc delete slot 3",
@@ -194,14 +195,14 @@ func TestWriterRecoversAfterRestart(t *testing.T) {
 		"172.30.0.10:80/TCP": {"10.0.1.1:8080", "10.0.1.2:8080"},
 		"172.30.0.12:80/TCP": {"10.0.1.2:8080"},
 	})
-	if err := f.writer().Sync(st, nil); err != nil {
+	if err := f.writer().Sync(context.Background(), st, nil); err != nil {
 		t.Fatal(err)
 	}
 	ids, _ := f.be.All()
 	f.ops = nil
 	// A new process takes over the pinned maps: nothing to write.
 	w2 := f.writer()
-	if err := w2.Sync(st, nil); err != nil {
+	if err := w2.Sync(context.Background(), st, nil); err != nil {
 		t.Fatal(err)
 	}
 	if len(f.ops) != 0 {
@@ -212,7 +213,7 @@ func TestWriterRecoversAfterRestart(t *testing.T) {
 	}
 	// And it keeps allocating after the recovered ids.
 	st2 := stateOf(map[string][]string{"172.30.0.10:80/TCP": {"10.0.1.1:8080", "10.0.1.7:8080"}, "172.30.0.12:80/TCP": {"10.0.1.2:8080"}})
-	if err := w2.Sync(st2, changed("172.30.0.10:80/TCP")); err != nil {
+	if err := w2.Sync(context.Background(), st2, changed("172.30.0.10:80/TCP")); err != nil {
 		t.Fatal(err)
 	}
 	if got := f.view(t); got[1] != "172.30.0.10:80/TCP count=2 flags=0 affinity=0: 10.0.1.1:8080 10.0.1.7:8080" {
@@ -224,7 +225,7 @@ func TestWriterRepairsDrift(t *testing.T) {
 	f := newFakes(100)
 	w := f.writer()
 	st := stateOf(map[string][]string{"172.30.0.10:80/TCP": {"10.0.1.1:8080", "10.0.1.2:8080"}, "172.30.0.11:80/TCP": {"10.0.1.3:8080"}})
-	if err := w.Sync(st, nil); err != nil {
+	if err := w.Sync(context.Background(), st, nil); err != nil {
 		t.Fatal(err)
 	}
 	want := f.view(t)
@@ -244,7 +245,7 @@ func TestWriterRepairsDrift(t *testing.T) {
 			}
 		}
 	}
-	if err := w.Sync(st, nil); err != nil {
+	if err := w.Sync(context.Background(), st, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := f.view(t); !slices.Equal(got, want) {
@@ -256,7 +257,7 @@ func TestWriterFullMapDisturbsNothingElse(t *testing.T) {
 	f := newFakes(3)
 	w := f.writer()
 	st := stateOf(map[string][]string{"172.30.0.10:80/TCP": {"10.0.1.1:8080", "10.0.1.2:8080"}})
-	if err := w.Sync(st, nil); err != nil {
+	if err := w.Sync(context.Background(), st, nil); err != nil {
 		t.Fatal(err)
 	}
 	st = stateOf(map[string][]string{
@@ -264,7 +265,7 @@ func TestWriterFullMapDisturbsNothingElse(t *testing.T) {
 		"172.30.0.20:80/TCP": {"10.0.2.1:8080", "10.0.2.2:8080", "10.0.2.3:8080"},
 		"172.30.0.21:80/TCP": {"REJECT"},
 	})
-	err := w.Sync(st, changed("172.30.0.20:80/TCP", "172.30.0.21:80/TCP"))
+	err := w.Sync(context.Background(), st, changed("172.30.0.20:80/TCP", "172.30.0.21:80/TCP"))
 	if err == nil || !strings.Contains(err.Error(), "172.30.0.20:80/TCP") || !strings.Contains(err.Error(), "full") {
 		t.Fatalf("want an error naming the frontend and the full map, got %v", err)
 	}
@@ -325,15 +326,15 @@ func TestWriterRandomFailures(t *testing.T) {
 		if st != nil && round%7 != 0 {
 			cs = dataplane.Diff(st, next)
 		}
-		_ = w.Sync(next, cs) // failures are expected here; the next full sync repairs
+		_ = w.Sync(context.Background(), next, cs) // failures are expected here; the next full sync repairs
 		st = next
 	}
 	failing = false
-	if err := w.Sync(st, nil); err != nil {
+	if err := w.Sync(context.Background(), st, nil); err != nil {
 		t.Fatal(err)
 	}
 	clean := newFakes(1000)
-	if err := clean.writer().Sync(st, nil); err != nil {
+	if err := clean.writer().Sync(context.Background(), st, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := f.view(t), clean.view(t); !slices.Equal(got, want) {
@@ -356,7 +357,7 @@ func TestWriterAddressEntries(t *testing.T) {
 	st := stateOf(map[string][]string{"172.30.0.10:80/TCP": {"10.0.1.1:8080"}, "172.30.0.10:53/UDP": {"10.0.1.1:5353"}, "192.168.0.2:30080/TCP": {"10.0.1.1:8080"}})
 	np := st.Frontends[dataplane.FrontendKey{Addr: netip.MustParseAddr("192.168.0.2"), Port: 30080, Protocol: "TCP"}]
 	np.Type = dataplane.NodePort
-	if err := w.Sync(st, nil); err != nil {
+	if err := w.Sync(context.Background(), st, nil); err != nil {
 		t.Fatal(err)
 	}
 	has := func(want string) bool { return slices.Contains(f.view(t), want) }
@@ -364,14 +365,14 @@ func TestWriterAddressEntries(t *testing.T) {
 		t.Errorf("address entries: %v", f.view(t))
 	}
 	delete(st.Frontends, dataplane.FrontendKey{Addr: netip.MustParseAddr("172.30.0.10"), Port: 80, Protocol: "TCP"})
-	if err := w.Sync(st, changed("172.30.0.10:80/TCP")); err != nil {
+	if err := w.Sync(context.Background(), st, changed("172.30.0.10:80/TCP")); err != nil {
 		t.Fatal(err)
 	}
 	if !has("172.30.0.10 any port: flags=1") {
 		t.Error("the address still has a cluster IP frontend")
 	}
 	delete(st.Frontends, dataplane.FrontendKey{Addr: netip.MustParseAddr("172.30.0.10"), Port: 53, Protocol: "UDP"})
-	if err := w.Sync(st, changed("172.30.0.10:53/UDP")); err != nil {
+	if err := w.Sync(context.Background(), st, changed("172.30.0.10:53/UDP")); err != nil {
 		t.Fatal(err)
 	}
 	if has("172.30.0.10 any port: flags=1") {
@@ -379,10 +380,10 @@ func TestWriterAddressEntries(t *testing.T) {
 	}
 	// A restarted writer finds the entries and keeps them in step.
 	st = stateOf(map[string][]string{"172.30.0.20:80/TCP": {"10.0.1.1:8080"}})
-	if err := w.Sync(st, nil); err != nil {
+	if err := w.Sync(context.Background(), st, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.writer().Sync(stateOf(map[string][]string{}), nil); err != nil {
+	if err := f.writer().Sync(context.Background(), stateOf(map[string][]string{}), nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := f.view(t); len(got) != 0 || f.be.Len() != 0 {
@@ -404,7 +405,7 @@ func BenchmarkWriterOneChange10k(b *testing.B) {
 	st := stateOf(fes)
 	f := &fakes{svc: NewFakeMap[sockSvcKey, sockSvcVal](1 << 20), be: NewFakeMap[uint32, sockBackend](1 << 20)}
 	w := f.writer()
-	if err := w.Sync(st, nil); err != nil {
+	if err := w.Sync(context.Background(), st, nil); err != nil {
 		b.Fatal(err)
 	}
 	key := dataplane.FrontendKey{Addr: netip.MustParseAddr("172.30.0.42"), Port: 80, Protocol: "TCP"}
@@ -414,7 +415,7 @@ func BenchmarkWriterOneChange10k(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		st.Frontends[key].Pod.Backends = full[:9+i%2]
-		if err := w.Sync(st, cs); err != nil {
+		if err := w.Sync(context.Background(), st, cs); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -426,11 +427,11 @@ func TestWriterReportsRemovedUDPBackends(t *testing.T) {
 	f := newFakes(100)
 	w := f.writer()
 	st := stateOf(map[string][]string{"172.30.0.10:53/UDP": {"10.0.1.1:5353", "10.0.1.2:5353"}, "172.30.0.10:80/TCP": {"10.0.1.1:8080"}})
-	if err := w.Sync(st, nil); err != nil {
+	if err := w.Sync(context.Background(), st, nil); err != nil {
 		t.Fatal(err)
 	}
 	st = stateOf(map[string][]string{"172.30.0.10:53/UDP": {"10.0.1.1:5353"}})
-	if err := w.Sync(st, nil); err != nil {
+	if err := w.Sync(context.Background(), st, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := w.TakeRemovedUDP(); len(got) != 1 || got[0] != netip.MustParseAddrPort("10.0.1.2:5353") {
@@ -454,7 +455,7 @@ func TestWriterOutsideRouteAndSourceRanges(t *testing.T) {
 	fe.Outside = dataplane.Route{Backends: fe.Pod.Backends[:1], Masquerade: true}
 	fe.SourceRanges = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("198.51.100.7/32")}
 	f.ops = nil
-	if err := w.Sync(st, nil); err != nil {
+	if err := w.Sync(context.Background(), st, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := f.viewScope(t, scopeOutside), []string{"192.0.2.50:80/TCP count=1 flags=12 affinity=0: 10.0.1.1:8080"}; !slices.Equal(got, want) {
@@ -484,7 +485,7 @@ func TestWriterOutsideRouteAndSourceRanges(t *testing.T) {
 	}
 
 	fe.SourceRanges = fe.SourceRanges[:1]
-	if err := w.Sync(st, changed(lb)); err != nil {
+	if err := w.Sync(context.Background(), st, changed(lb)); err != nil {
 		t.Fatal(err)
 	}
 	if got := ranges(); !slices.Equal(got, []string{"203.0.113.0/24"}) {
@@ -494,7 +495,7 @@ func TestWriterOutsideRouteAndSourceRanges(t *testing.T) {
 	if err := f.rng.Put(lpmKey(rangeKey{99, netip.MustParsePrefix("10.9.0.0/16")}), 1); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.writer().Sync(st, nil); err != nil {
+	if err := f.writer().Sync(context.Background(), st, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := ranges(); !slices.Equal(got, []string{"203.0.113.0/24"}) {
@@ -502,10 +503,60 @@ func TestWriterOutsideRouteAndSourceRanges(t *testing.T) {
 	}
 	delete(st.Frontends, fe.FrontendKey)
 	w2 := f.writer()
-	if err := w2.Sync(st, nil); err != nil {
+	if err := w2.Sync(context.Background(), st, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := ranges(); len(got) != 0 || f.svc.Len() != 0 || f.be.Len() != 0 {
 		t.Errorf("after removal: ranges %v, %d service entries, %d backends", got, f.svc.Len(), f.be.Len())
+	}
+}
+
+// A sync whose context ends stops between two frontends with the context's
+// error: those it reached are complete in both scopes, with their address
+// entries; the others are untouched; the next sync writes them.
+func TestWriterStopsBetweenFrontends(t *testing.T) {
+	f := newFakes(100)
+	w := f.writer()
+	fes := map[string][]string{}
+	for i := 1; i <= 10; i++ {
+		fes[fmt.Sprintf("172.30.0.%d:80/TCP", i)] = []string{fmt.Sprintf("10.0.1.%d:8080", i), fmt.Sprintf("10.0.2.%d:8080", i)}
+	}
+	st := stateOf(fes)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	record, heads := f.svc.Fail, 0
+	f.svc.Fail = func(op string, k sockSvcKey) error {
+		if op == "put" && k.Slot == 0 && k.Scope == scopeSocket && k.Port != 0 {
+			if heads++; heads == 3 {
+				cancel() // a shutdown while the third frontend is being written
+			}
+		}
+		return record(op, k)
+	}
+	if err := w.Sync(ctx, st, nil); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Sync = %v, want an error wrapping context.Canceled", err)
+	}
+	want := []string{
+		"172.30.0.1 any port: flags=1",
+		"172.30.0.1:80/TCP count=2 flags=0 affinity=0: 10.0.1.1:8080 10.0.2.1:8080",
+		"172.30.0.2 any port: flags=1",
+		"172.30.0.2:80/TCP count=2 flags=0 affinity=0: 10.0.1.2:8080 10.0.2.2:8080",
+		"172.30.0.3 any port: flags=1",
+		"172.30.0.3:80/TCP count=2 flags=0 affinity=0: 10.0.1.3:8080 10.0.2.3:8080",
+	}
+	for _, scope := range []uint8{scopeSocket, scopeOutside} {
+		if got := f.viewScope(t, scope); !slices.Equal(got, want) {
+			t.Errorf("scope %d after a stop at the third frontend:\n%s\nwant:\n%s", scope, strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+	}
+	if err := w.Sync(t.Context(), st, nil); err != nil {
+		t.Fatal(err)
+	}
+	fresh := newFakes(100)
+	if err := fresh.writer().Sync(t.Context(), st, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := f.view(t), fresh.view(t); !slices.Equal(got, want) {
+		t.Errorf("after the next sync:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

@@ -16,7 +16,10 @@ type Backend interface {
 	// Sync programs state. changes is nil for a full sync, which must make the
 	// kernel match state whatever it holds now (repairing drift); otherwise only the
 	// frontends in changes differ from the last successful sync. An error makes
-	// the next sync a full one.
+	// the next sync a full one. When ctx is done Sync stops soon (within seconds,
+	// whatever the size of the state) with an error wrapping ctx.Err(), leaving
+	// the kernel as it was or as the sync had made it, never a frontend (or, for
+	// iptables, a table) half written.
 	Sync(ctx context.Context, state *State, changes *ChangeSet) error
 	// Cleanup removes everything the backend ever installed, also what an earlier
 	// process left behind.

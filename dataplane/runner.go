@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -88,7 +89,8 @@ func (r *Runner) Kick() {
 }
 
 // Run syncs until ctx is done. Nothing is programmed before every source of the
-// tracker has synced. With once, it returns after the first sync (dry runs).
+// tracker has synced. With once, it returns after the first sync (dry runs). A
+// sync that ctx stops ends the loop: it is the shutdown, not a failure to retry.
 func (r *Runner) Run(ctx context.Context, once bool) error {
 	if err := r.waitSynced(ctx); err != nil {
 		return err
@@ -113,6 +115,10 @@ func (r *Runner) Run(ctx context.Context, once bool) error {
 			err := r.SyncOnce(ctx, full)
 			if once {
 				return err
+			}
+			if stoppedBy(ctx, err) {
+				klog.InfoS("Sync stopped: shutting down", "backend", r.backend.Name())
+				return nil
 			}
 			pending = false
 			if err != nil {
@@ -201,7 +207,7 @@ func (r *Runner) SyncOnce(ctx context.Context, full bool) error {
 		r.trackRejected(full, cs, rejected)
 	}
 	if err != nil {
-		if r.metrics != nil {
+		if r.metrics != nil && !stoppedBy(ctx, err) {
 			r.metrics.SyncErrors.Inc()
 		}
 		return fmt.Errorf("%s backend: %w", r.backend.Name(), err)
@@ -220,6 +226,12 @@ func (r *Runner) SyncOnce(ctx context.Context, full bool) error {
 	klog.V(2).InfoS("Synced", "backend", r.backend.Name(), "full", full, "changedFrontends", len(cs.Frontends),
 		"frontends", len(r.state.Frontends), "took", end.Sub(start))
 	return nil
+}
+
+// stoppedBy tells a sync that ended because ctx is done (its error wraps
+// ctx.Err(), as Backend.Sync promises) from a failure.
+func stoppedBy(ctx context.Context, err error) bool {
+	return err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err())
 }
 
 // trackRejected keeps the set of frontends the backend has refused and not yet

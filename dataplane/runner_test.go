@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -22,6 +23,9 @@ type fakeBackend struct {
 	failNext   int
 	// refuse makes Sync leave these frontends out and say so.
 	refuse map[FrontendKey]bool
+	// held, when set, makes Sync signal on it and wait for its context to end,
+	// as a backend in the middle of a long restore does.
+	held chan struct{}
 }
 
 func newFakeBackend() *fakeBackend {
@@ -31,7 +35,12 @@ func newFakeBackend() *fakeBackend {
 func (f *fakeBackend) Name() string                  { return "fake" }
 func (f *fakeBackend) Cleanup(context.Context) error { return nil }
 
-func (f *fakeBackend) Sync(_ context.Context, st *State, cs *ChangeSet) error {
+func (f *fakeBackend) Sync(ctx context.Context, st *State, cs *ChangeSet) error {
+	if held := f.holding(); held != nil {
+		held <- struct{}{}
+		<-ctx.Done()
+		return fmt.Errorf("restore stopped: %w", ctx.Err())
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	defer func() { f.syncs <- cs }()
@@ -62,6 +71,12 @@ func (f *fakeBackend) Sync(_ context.Context, st *State, cs *ChangeSet) error {
 		return rejected
 	}
 	return nil
+}
+
+func (f *fakeBackend) holding() chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.held
 }
 
 func (f *fakeBackend) next(t *testing.T) *ChangeSet {
@@ -298,5 +313,56 @@ func TestRunnerReportsRefusedFrontends(t *testing.T) {
 	}
 	if v := testutil.ToFloat64(fx.metrics.SyncErrors); v != 0 {
 		t.Errorf("sync errors %v", v)
+	}
+}
+
+// A shutdown during a sync (ctx canceled while the backend works) ends Run at
+// once, without counting a sync error or retrying.
+func TestRunnerStopsDuringASync(t *testing.T) {
+	fx := startRunner(t, RunnerConfig{SyncPeriod: time.Hour})
+	fx.syncAll()
+	fx.be.next(t) // the initial full sync
+	held := make(chan struct{}, 1)
+	fx.be.mu.Lock()
+	fx.be.held = held
+	fx.be.mu.Unlock()
+	fx.tr.UpsertService(svc("web"))
+	select {
+	case <-held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no sync started")
+	}
+	fx.cancel()
+	select {
+	case err := <-fx.done:
+		fx.done <- err // for the cleanup
+		if err != nil {
+			t.Errorf("Run = %v, want nil: a shutdown is no failure", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after its context was canceled")
+	}
+	if v := testutil.ToFloat64(fx.metrics.SyncErrors); v != 0 {
+		t.Errorf("sync errors %v: the shutdown counted as a failed sync", v)
+	}
+}
+
+// A dry run stopped during its sync says it did not finish.
+func TestRunOnceStoppedDuringItsSync(t *testing.T) {
+	be := newFakeBackend()
+	be.held = make(chan struct{}, 1)
+	tr := NewTracker(cfgWith(func(c *Config) { c.LocalhostNodePorts = false }), nil)
+	r := NewRunner(be, tr, RunnerConfig{})
+	tr.SetNode(testNode("192.168.0.2"))
+	for _, s := range []Source{SourceServices, SourceEndpointSlices, SourceNode} {
+		tr.SetSynced(s)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx, true) }()
+	<-be.held
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("Run once = %v, want an error wrapping context.Canceled", err)
 	}
 }

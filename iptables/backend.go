@@ -77,31 +77,55 @@ func (b *Backend) ensureSysctls(c Config) error {
 func (b *Backend) Name() string { return "iptables" }
 
 // Sync writes every family's rules (all of them with changes nil or after a
-// failure), then removes the UDP conntrack entries the change made stale.
-func (b *Backend) Sync(_ context.Context, st *dataplane.State, changes *dataplane.ChangeSet) error {
+// failure), then removes the UDP conntrack entries the change made stale. When
+// ctx is done it stops at once (a restore in flight is stopped too) with an
+// error wrapping ctx.Err().
+func (b *Backend) Sync(ctx context.Context, st *dataplane.State, changes *dataplane.ChangeSet) error {
 	var errs []error
 	for _, f := range b.fams {
-		if changes == nil || f.full {
-			if err := errors.Join(b.ensureSysctls(f.cfg), b.ensureJumps(f.cfg)); err != nil {
-				f.full = true
-				errs = append(errs, err)
-				continue
-			}
-		}
-		partial := changes != nil && !f.full
-		n, err := f.sync(st, changes)
-		b.metrics.synced(f, partial, err)
-		if err != nil {
+		if err := b.syncFamily(ctx, f, st, changes); err != nil {
 			errs = append(errs, err)
-			continue
 		}
-		b.LastLines[f.cfg.Family] = n
-		klog.V(4).InfoS("Wrote iptables rules", "family", f.cfg.Family, "lines", n)
+		if cerr := ctx.Err(); cerr != nil {
+			// Shutting down: the other families and conntrack wait for the next agent.
+			return stopped(errors.Join(errs...), cerr)
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err // the next, full, sync clears conntrack for what it programs
 	}
 	return b.clearStale(st, changes)
+}
+
+// syncFamily is one family's part of Sync.
+func (b *Backend) syncFamily(ctx context.Context, f *familySync, st *dataplane.State, changes *dataplane.ChangeSet) error {
+	if changes == nil || f.full {
+		if err := errors.Join(b.ensureSysctls(f.cfg), b.ensureJumps(f.cfg)); err != nil {
+			f.full = true
+			return err
+		}
+	}
+	partial := changes != nil && !f.full
+	n, err := f.sync(ctx, st, changes)
+	if err != nil && ctx.Err() != nil {
+		return err // a shutdown, not a restore failure: not counted
+	}
+	b.metrics.synced(f, partial, err)
+	if err != nil {
+		return err
+	}
+	b.LastLines[f.cfg.Family] = n
+	klog.V(4).InfoS("Wrote iptables rules", "family", f.cfg.Family, "lines", n)
+	return nil
+}
+
+// stopped is the error of a sync that ends because its context is done (cerr):
+// it wraps cerr, so the runner can tell a shutdown from a failure.
+func stopped(err, cerr error) error {
+	if errors.Is(err, cerr) {
+		return err
+	}
+	return errors.Join(err, fmt.Errorf("iptables: sync stopped: %w", cerr))
 }
 
 func (b *Backend) ensureJumps(cfg Config) error {
@@ -130,10 +154,10 @@ func (b *Backend) clearStale(st *dataplane.State, changes *dataplane.ChangeSet) 
 
 // Cleanup removes every jump and chain Switchyard installed, in every family
 // it was built for.
-func (b *Backend) Cleanup(context.Context) error {
+func (b *Backend) Cleanup(ctx context.Context) error {
 	var errs []error
 	for _, f := range b.fams {
-		errs = append(errs, Cleanup(f.cfg.Family, b.cfg.Restorers[f.cfg.Family], b.cfg.Jumpers[f.cfg.Family]))
+		errs = append(errs, Cleanup(ctx, f.cfg.Family, b.cfg.Restorers[f.cfg.Family], b.cfg.Jumpers[f.cfg.Family]))
 	}
 	return errors.Join(errs...)
 }
@@ -141,10 +165,10 @@ func (b *Backend) Cleanup(context.Context) error {
 // Cleanup removes Switchyard's jumps and chains from one family's tables. A
 // family without any of them is not touched at all: the jump checks would
 // create the legacy tables in a namespace that uses nft.
-func Cleanup(f dataplane.Family, r netfilter.Restorer, j netfilter.Jumper) error {
+func Cleanup(ctx context.Context, f dataplane.Family, r netfilter.Restorer, j netfilter.Jumper) error {
 	ours := map[string][]string{}
 	for _, t := range tables {
-		chains, err := r.ChainNames(t)
+		chains, err := r.ChainNames(ctx, t)
 		if err != nil {
 			return err
 		}
@@ -162,16 +186,17 @@ func Cleanup(f dataplane.Family, r netfilter.Restorer, j netfilter.Jumper) error
 		errs = append(errs, j.Remove(jump))
 	}
 	for _, t := range tables {
-		errs = append(errs, r.DeleteChains(t, ours[t]))
+		errs = append(errs, r.DeleteChains(ctx, t, ours[t]))
 	}
 	return errors.Join(errs...)
 }
 
 // CleanupAll removes Switchyard's rules from both families and both variants
-// of the caller's network namespace (switchyard cleanup).
+// of the caller's network namespace (switchyard cleanup). It runs to the end:
+// stopping halfway would leave jumps gone and chains behind.
 func CleanupAll() error {
 	return netfilter.EachInstalled(func(f dataplane.Family, r netfilter.Restorer, j netfilter.Jumper) error {
-		if err := Cleanup(f, r, j); err != nil {
+		if err := Cleanup(context.Background(), f, r, j); err != nil {
 			return fmt.Errorf("iptables cleanup: %w", err)
 		}
 		return nil

@@ -66,7 +66,7 @@ func TestCleanupAt10kServicesOnTheKernel(t *testing.T) {
 			return err
 		}
 		start := time.Now()
-		if err := Cleanup(dataplane.IPv4, r, j); err != nil {
+		if err := Cleanup(t.Context(), dataplane.IPv4, r, j); err != nil {
 			return err
 		}
 		t.Logf("cleanup of 10,000 services: %v", time.Since(start))
@@ -84,7 +84,7 @@ func TestCleanupAt10kServicesOnTheKernel(t *testing.T) {
 
 func chainNames(t *testing.T, r netfilter.Restorer, table string) []string {
 	t.Helper()
-	names, err := r.ChainNames(table)
+	names, err := r.ChainNames(t.Context(), table)
 	if err != nil {
 		t.Errorf("listing the %s chains: %v", table, err)
 	}
@@ -156,7 +156,7 @@ func kernelRound(t *testing.T, topo *topology.Topology, v netfilter.Variant) err
 // saved runs on the namespace's thread, where t.Fatal must not be called.
 func saved(t *testing.T, r netfilter.Restorer, table string) string {
 	t.Helper()
-	out, err := r.Save(table)
+	out, err := r.Save(t.Context(), table)
 	if err != nil {
 		t.Errorf("iptables-save %s: %v", table, err)
 	}

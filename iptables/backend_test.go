@@ -234,7 +234,7 @@ func TestFullSyncRepairsDrift(t *testing.T) {
 	jump := BaseJumps(DefaultConfig(dataplane.IPv4))[0]
 	drift := "*nat\n:SWYD-SVC-LEFTOVER - [0:0]\n-A SWYD-SVC-LEFTOVER -j RETURN\nCOMMIT\n" +
 		"*" + jump.Table + "\n-D" + strings.TrimPrefix(jumpRule(jump), "-A") + "\nCOMMIT\n"
-	if err := k.r.Restore([]byte(drift)); err != nil {
+	if err := k.r.Restore(ctx, []byte(drift)); err != nil {
 		t.Fatal(err)
 	}
 	// Within the hour a full sync writes only what differs from what it wrote
@@ -325,5 +325,66 @@ func TestNothingChangesBeforeTheFirstSync(t *testing.T) {
 	}
 	if v, _ := sys.Get(netfilter.SysctlRouteLocalnet); v != "1" || len(r.Calls()) == 0 {
 		t.Errorf("after the first sync: route_localnet %q, %d restores", v, len(r.Calls()))
+	}
+}
+
+// A sync whose context ends (the agent's shutdown) returns at once with the
+// context's error: the restore in flight applies nothing, it is no restore
+// failure, and the next sync rewrites everything.
+func TestSyncStopsWithTheContext(t *testing.T) {
+	sc := scenario{}
+	c := newCluster(sc)
+	for i := range 20 {
+		svc, sl := numberedService(i, false, tenEndpoints(i)[:3]...)
+		c.set("ns", svc.Name, svc, sl)
+	}
+	k := newFakeKernel(t, sc)
+	if err := k.b.Sync(t.Context(), c.st, nil); err != nil {
+		t.Fatal(err)
+	}
+	before := k.ruleset()
+	held := make(chan struct{})
+	k.r.OnRestore(func(ctx context.Context) {
+		close(held)
+		<-ctx.Done() // a restore that would run until stopped
+	})
+	svc, sl := numberedService(3, false, "10.9.9.9")
+	cs := c.set("ns", svc.Name, svc, sl)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- k.b.Sync(ctx, c.st, cs) }()
+	waitClosed(t, held, "the restore")
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("Sync = %v, want an error wrapping context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Sync did not return after its context was canceled")
+	}
+	if after := k.ruleset(); !maps.EqualFunc(before, after, slices.Equal) {
+		t.Error("a stopped sync changed the rules")
+	}
+	if n := testutil.CollectAndCount(k.reg, "kubeproxy_sync_proxy_rules_iptables_restore_failures_total"); n != 0 {
+		t.Errorf("a stopped sync counted as a restore failure (%d series)", n)
+	}
+	k.r.OnRestore(nil)
+	if err := k.b.Sync(t.Context(), c.st, c.set("ns", svc.Name, svc, sl)); err != nil {
+		t.Fatal(err)
+	}
+	if got := k.b.LastLines[dataplane.IPv4]; got < 100 {
+		t.Errorf("the sync after a stopped one wrote %d lines; want a full sync", got)
+	}
+	sameAsFresh(t, k, sc, c.st)
+}
+
+// waitClosed waits for ch, failing the test after a generous bound.
+func waitClosed(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s did not start", what)
 	}
 }

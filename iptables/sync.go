@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"maps"
 	"slices"
@@ -59,8 +60,9 @@ func newFamilySync(cfg Config, r netfilter.Restorer) *familySync {
 // rewritePeriod it rewrites all of them, checked against what the kernel holds;
 // other full syncs (changes nil) compare every service's rules with what was
 // written, and partial ones only the changed services'; the dispatch chains are
-// edited rule by rule.
-func (f *familySync) sync(st *dataplane.State, changes *dataplane.ChangeSet) (lines int, err error) {
+// edited rule by rule. A restore stopped through ctx fails like any other: each
+// table is as it was or as the input made it, and the next sync rewrites all.
+func (f *familySync) sync(ctx context.Context, st *dataplane.State, changes *dataplane.ChangeSet) (lines int, err error) {
 	full := f.full || f.now().Sub(f.rewritten) >= rewritePeriod
 	names := f.changedServices(st, changes, full)
 	want := map[string]Chains{"nat": {}, "filter": {}}
@@ -74,13 +76,16 @@ func (f *familySync) sync(st *dataplane.State, changes *dataplane.ChangeSet) (li
 	}
 	stale := f.orphans(names, owned)
 	if full {
-		stale = f.strangers(want, stale)
+		if stale, err = f.strangers(ctx, want, stale); err != nil {
+			f.full = true
+			return 0, fmt.Errorf("%s: %w", f.cfg.Family, err)
+		}
 	}
 	data := f.render(want, stale, full)
 	if len(data) == 0 {
 		return 0, nil
 	}
-	if err := f.restorer.Restore(data); err != nil {
+	if err := f.restorer.Restore(ctx, data); err != nil {
 		f.full = true
 		return 0, fmt.Errorf("%s: %w", f.cfg.Family, err)
 	}
@@ -148,11 +153,14 @@ func (f *familySync) orphans(names []dataplane.ServiceName, owned map[dataplane.
 // strangers lists the kernel's chains (a rewrite repairs drift): every SWYD-
 // chain nothing renders is to go, with the orphans already known. A table that
 // cannot be listed only costs the chains nobody knows about: harmless, since
-// nothing jumps there.
-func (f *familySync) strangers(want map[string]Chains, orphans []tableChain) []tableChain {
+// nothing jumps there. Only a done ctx is an error: the sync is to stop.
+func (f *familySync) strangers(ctx context.Context, want map[string]Chains, orphans []tableChain) ([]tableChain, error) {
 	out := slices.Clone(orphans)
 	for _, t := range tables {
-		have, err := f.restorer.ChainNames(t)
+		have, err := f.restorer.ChainNames(ctx, t)
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, fmt.Errorf("listing the %s chains: %w", t, cerr)
+		}
 		if err != nil {
 			klog.ErrorS(err, "Listing the chains; unknown stale chains stay", "family", f.cfg.Family, "table", t)
 			continue
@@ -164,7 +172,7 @@ func (f *familySync) strangers(want map[string]Chains, orphans []tableChain) []t
 			}
 		}
 	}
-	return out
+	return out, nil
 }
 
 // render is the restore input: per table, the chains to (re)write declared

@@ -88,8 +88,9 @@ func (b *Backend) Name() string { return "ipvs" }
 // Sync programs the frontends in changes (all of them, read back from the
 // kernel first, with changes nil or after a failure). The order keeps traffic
 // flowing: addresses and virtual services first, then the rules, then what is
-// gone is deleted.
-func (b *Backend) Sync(_ context.Context, st *dataplane.State, changes *dataplane.ChangeSet) error {
+// gone is deleted. When ctx ends it stops between frontends, or in the rules'
+// restore, with an error wrapping ctx.Err().
+func (b *Backend) Sync(ctx context.Context, st *dataplane.State, changes *dataplane.ChangeSet) error {
 	full := changes == nil || b.full
 	if full {
 		if err := b.prepare(); err != nil {
@@ -105,18 +106,12 @@ func (b *Backend) Sync(_ context.Context, st *dataplane.State, changes *dataplan
 		}
 	}
 	stale := staleUDP(b.ipvs.wanted, want, full)
-	var out outcome
-	b.ipvs.program(want, full, &out)
-	var ruleErrs []error
-	if len(out.global) == 0 {
-		ruleErrs = b.syncRules(st, want, full)
-		b.ipvs.finish(want, full, &out)
-	}
+	out := b.write(ctx, st, want, full)
 	b.retry = map[dataplane.FrontendKey]bool{}
 	for k := range out.frontends {
 		b.retry[k] = true
 	}
-	if errs := append(out.global, ruleErrs...); len(errs) > 0 {
+	if errs := out.global; len(errs) > 0 {
 		b.full = true
 		for _, k := range sortedKeys(out.frontends) {
 			errs = append(errs, out.frontends[k]...)
@@ -133,6 +128,24 @@ func (b *Backend) Sync(_ context.Context, st *dataplane.State, changes *dataplan
 		return fe
 	}
 	return nil
+}
+
+// write is the writing part of Sync, in its make-before-break order. When ctx
+// ends, what is gone stays (the next agent's full sync deletes it): the rules
+// may still lead there.
+func (b *Backend) write(ctx context.Context, st *dataplane.State, want map[dataplane.FrontendKey]*Wanted, full bool) outcome {
+	var out outcome
+	b.ipvs.program(ctx, want, full, &out)
+	if len(out.global) > 0 {
+		return out
+	}
+	out.global = append(out.global, b.syncRules(ctx, st, want, full)...)
+	if err := ctx.Err(); err != nil {
+		out.global = append(out.global, fmt.Errorf("ipvs: stopped before deleting what is gone: %w", err))
+		return out
+	}
+	b.ipvs.finish(want, full, &out)
+	return out
 }
 
 // prepare is a full sync's start: the sysctls and the device, read back.
@@ -188,9 +201,12 @@ func (b *Backend) want(st *dataplane.State, changes *dataplane.ChangeSet, full b
 }
 
 // syncRules writes every family's rules for the frontends in want.
-func (b *Backend) syncRules(st *dataplane.State, want map[dataplane.FrontendKey]*Wanted, full bool) []error {
+func (b *Backend) syncRules(ctx context.Context, st *dataplane.State, want map[dataplane.FrontendKey]*Wanted, full bool) []error {
 	var errs []error
 	for _, fr := range b.fams {
+		if err := ctx.Err(); err != nil {
+			return append(errs, fmt.Errorf("ipvs: stopped before the %s rules: %w", fr.family, err))
+		}
 		nodeIP := primaryIP(st.Node, fr.family)
 		next := map[dataplane.FrontendKey]frontendRules{}
 		for k, w := range want {
@@ -198,7 +214,7 @@ func (b *Backend) syncRules(st *dataplane.State, want map[dataplane.FrontendKey]
 				next[k] = renderFrontend(st.Frontends[k], w, b.cfg.Options, nodeIP)
 			}
 		}
-		n, err := fr.sync(next, full)
+		n, err := fr.sync(ctx, next, full)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -222,10 +238,10 @@ func primaryIP(n dataplane.NodeInfo, f dataplane.Family) netip.Addr {
 // Cleanup removes Switchyard's virtual services (also an earlier process's:
 // see ipvsState.ours), the device with its addresses, and IPVS mode's rules in
 // every family the backend was built for.
-func (b *Backend) Cleanup(context.Context) error {
+func (b *Backend) Cleanup(ctx context.Context) error {
 	var errs []error
 	for _, fr := range b.fams {
-		if err := cleanupRules(fr.restorer, fr.jumper); err != nil {
+		if err := cleanupRules(ctx, fr.restorer, fr.jumper); err != nil {
 			errs = append(errs, fmt.Errorf("ipvs rules (%s): %w", fr.family, err))
 		}
 		fr.kernel, fr.full = newRuleSet(b.cfg.Options), true

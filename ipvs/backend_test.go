@@ -360,3 +360,104 @@ func TestSyncAt10kServicesWritesOnlyWhatChanged(t *testing.T) {
 		t.Errorf("%d restore lines for a change no rule depends on (no local endpoint)", n)
 	}
 }
+
+// cancelAtAdd is the fake IPVS with a shutdown in the middle of a sync: it ends
+// the sync's context right after its nth AddService.
+type cancelAtAdd struct {
+	*FakeIPVS
+	n      int
+	cancel context.CancelFunc
+}
+
+func (c *cancelAtAdd) AddService(s VirtualService) error {
+	err := c.FakeIPVS.AddService(s)
+	if c.n--; c.n == 0 {
+		c.cancel()
+	}
+	return err
+}
+
+// A sync whose context ends stops between two frontends with the context's
+// error: the frontends it reached are complete (the service and every
+// destination), the others untouched, no rule written; the next sync does the rest.
+func TestSyncStopsBetweenFrontends(t *testing.T) {
+	k := newKernel()
+	c := newCluster(modelConfig())
+	for i := range 10 {
+		c.put(service("ns", fmt.Sprintf("svc-%d", i), fmt.Sprintf("172.30.0.%d", i+1)), fmt.Sprintf("10.1.%d.1", i), fmt.Sprintf("10.1.%d.2/l", i))
+	}
+	b := k.backend(t, testOptions())
+	stop, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	b.ipvs.ipvs = &cancelAtAdd{FakeIPVS: k.ipvs, n: 3, cancel: cancel}
+	if err := b.Sync(stop, c.st, nil); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Sync = %v, want an error wrapping context.Canceled", err)
+	}
+	dump := k.ipvs.Dump()
+	if len(dump) != 3 {
+		t.Errorf("IPVS holds %d services after a sync stopped at the 3rd: %q", len(dump), dump)
+	}
+	for _, line := range dump {
+		if strings.Count(line, "->") != 2 {
+			t.Errorf("a frontend half written: %s", line)
+		}
+	}
+	for f, r := range k.rules {
+		if calls := r.Calls(); len(calls) != 0 {
+			t.Errorf("%s: %d restores after a sync stopped among the virtual services", f, len(calls))
+		}
+	}
+	b.ipvs.ipvs = k.ipvs
+	if err := b.Sync(t.Context(), c.st, nil); err != nil {
+		t.Fatal(err)
+	}
+	assertKernel(t, k, c.st, testOptions())
+}
+
+// A sync stopped in its rules' restore leaves the rules as they were and what
+// is gone in place (the rules may still lead there); the next sync does the rest.
+func TestSyncStoppedInTheRestoreDeletesNothing(t *testing.T) {
+	k := newKernel()
+	c := newCluster(modelConfig())
+	c.put(service("ns", "web", "172.30.0.1", withNodePort(30080)), "10.0.1.1/l", "10.0.2.1")
+	c.put(service("ns", "old", "172.30.0.2", withNodePort(30081)), "10.0.1.2/l")
+	b := k.backend(t, testOptions())
+	if err := b.Sync(t.Context(), c.st, nil); err != nil {
+		t.Fatal(err)
+	}
+	before, ipvsBefore := k.ourChains(dataplane.IPv4), k.ipvs.Dump()
+	held := make(chan struct{})
+	k.rules[dataplane.IPv4].OnRestore(func(ctx context.Context) {
+		close(held)
+		<-ctx.Done()
+	})
+	cs := c.set("ns", "old", nil, nil)
+	stop, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- b.Sync(stop, c.st, cs) }()
+	select {
+	case <-held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no restore started")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("Sync = %v, want an error wrapping context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Sync did not return after its context was canceled")
+	}
+	if after := k.ourChains(dataplane.IPv4); after != before {
+		t.Errorf("a stopped restore changed the rules:\n%s\nwas\n%s", after, before)
+	}
+	if got := k.ipvs.Dump(); !slices.Equal(got, ipvsBefore) {
+		t.Errorf("a sync stopped before its deletions changed IPVS:\n%q\nwas\n%q", got, ipvsBefore)
+	}
+	k.rules[dataplane.IPv4].OnRestore(nil)
+	if err := b.Sync(t.Context(), c.st, nil); err != nil {
+		t.Fatal(err)
+	}
+	assertKernel(t, k, c.st, testOptions())
+}

@@ -1,6 +1,7 @@
 package ipvs
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -14,10 +15,11 @@ import (
 // nodePorts, or in records, which may be nil), and the device. On a kernel
 // without IPVS there can be no virtual service, and ip_vs is not loaded to look.
 // Run it before iptables.CleanupAll, which cannot delete a chain that one of
-// IPVS mode's jumps still leads to.
+// IPVS mode's jumps still leads to. It runs to the end: stopping halfway would
+// leave jumps gone and chains behind.
 func CleanupAll(nodePorts dataplane.PortRange, records Records) error {
 	errs := []error{netfilter.EachInstalled(func(_ dataplane.Family, r netfilter.Restorer, j netfilter.Jumper) error {
-		if err := cleanupRules(r, j); err != nil {
+		if err := cleanupRules(context.Background(), r, j); err != nil {
 			return fmt.Errorf("ipvs rules cleanup: %w", err)
 		}
 		return nil

@@ -1,6 +1,7 @@
 package ipvs
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 
@@ -127,7 +128,9 @@ func (s *ipvsState) recognisable(k dataplane.FrontendKey, w *Wanted) bool {
 // program is the first half of a sync: the device's new addresses, then the
 // virtual services with their destinations, for the keys in want (a nil value:
 // the frontend is gone, handled by finish). With full, want has every frontend.
-func (s *ipvsState) program(want map[dataplane.FrontendKey]*Wanted, full bool, out *outcome) {
+// When ctx ends it stops between two frontends: each is written completely or
+// not at all.
+func (s *ipvsState) program(ctx context.Context, want map[dataplane.FrontendKey]*Wanted, full bool, out *outcome) {
 	if err := s.record(want, true); err != nil {
 		out.global = append(out.global, err)
 		return
@@ -135,7 +138,12 @@ func (s *ipvsState) program(want map[dataplane.FrontendKey]*Wanted, full bool, o
 	if full {
 		s.wanted, s.users = map[dataplane.FrontendKey]*Wanted{}, map[netip.Addr]int{}
 	}
-	for _, k := range sortedKeys(want) {
+	keys := sortedKeys(want)
+	for i, k := range keys {
+		if err := ctx.Err(); err != nil {
+			out.global = append(out.global, fmt.Errorf("ipvs: stopped after %d of %d frontends: %w", i, len(keys), err))
+			return
+		}
 		if old := s.wanted[k]; old != nil && old.Bind {
 			s.users[k.Addr]--
 		}

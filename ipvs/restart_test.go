@@ -41,7 +41,7 @@ func TestRestartRepairsDrift(t *testing.T) {
 		must(k.ipvs.AddService(vs))
 	}
 	r4 := k.rules[dataplane.IPv4]
-	must(r4.Restore([]byte("*filter\n-D INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes ipvs access filter\" -j SWYDIPVS-FILTER\n" +
+	must(r4.Restore(ctx, []byte("*filter\n-D INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes ipvs access filter\" -j SWYDIPVS-FILTER\n"+
 		":SWYDIPVS-FW-STALE - [0:0]\n-A SWYDIPVS-FW-STALE -j DROP\n-A SWYDIPVS-FILTER -d 10.9.9.9 -j SWYDIPVS-FW-STALE\nCOMMIT\n")))
 	// ...and services go: a NodePort, the externalIP on the node's address.
 	c.set("ns", "web", service("ns", "web", "172.30.0.1"), endpoints(service("ns", "web", "172.30.0.1"), 8080, "10.0.1.1/l", "10.0.2.1"))

@@ -2,6 +2,7 @@ package ipvs
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"strings"
 
@@ -29,8 +30,8 @@ func newFamilyRules(f dataplane.Family, r netfilter.Restorer, j netfilter.Jumper
 // sync writes the rules of the frontends in next (nil rules: the frontend is
 // gone); with full, next has every frontend of the family, the jumps are
 // ensured, and the kernel is read back and rewritten. It returns the number of
-// restore lines written.
-func (fr *familyRules) sync(next map[dataplane.FrontendKey]frontendRules, full bool) (int, error) {
+// restore lines written. A restore stopped through ctx fails like any other.
+func (fr *familyRules) sync(ctx context.Context, next map[dataplane.FrontendKey]frontendRules, full bool) (int, error) {
 	full = full || fr.full
 	var want *ruleSet // the next rules, on a full sync
 	var te map[string]*tableEdits
@@ -43,7 +44,7 @@ func (fr *familyRules) sync(next map[dataplane.FrontendKey]frontendRules, full b
 		for k, r := range next {
 			want.put(k, r)
 		}
-		strangers, err := fr.strangers(want)
+		strangers, err := fr.strangers(ctx, want)
 		if err != nil {
 			fr.full = true
 			return 0, err
@@ -54,7 +55,7 @@ func (fr *familyRules) sync(next map[dataplane.FrontendKey]frontendRules, full b
 	}
 	data := render(te)
 	if len(data) > 0 {
-		if err := fr.restorer.Restore(data); err != nil {
+		if err := fr.restorer.Restore(ctx, data); err != nil {
 			fr.full = true
 			return 0, fmt.Errorf("%s rules: %w", fr.family, err)
 		}
@@ -83,11 +84,11 @@ func (fr *familyRules) ensureJumps() error {
 
 // strangers reads the kernel back: IPVS mode's chains that want does not have,
 // per table (a chain of a frontend that went while the agent was down).
-func (fr *familyRules) strangers(want *ruleSet) (map[string][]string, error) {
+func (fr *familyRules) strangers(ctx context.Context, want *ruleSet) (map[string][]string, error) {
 	chains := want.Chains()
 	out := map[string][]string{}
 	for _, t := range tables {
-		have, err := savedChains(fr.restorer, t)
+		have, err := savedChains(ctx, fr.restorer, t)
 		if err != nil {
 			return nil, fmt.Errorf("%s %s table: %w", fr.family, t, err)
 		}
@@ -101,8 +102,8 @@ func (fr *familyRules) strangers(want *ruleSet) (map[string][]string, error) {
 }
 
 // savedChains lists IPVS mode's chains in a table.
-func savedChains(r netfilter.Restorer, table string) ([]string, error) {
-	chains, err := r.ChainNames(table)
+func savedChains(ctx context.Context, r netfilter.Restorer, table string) ([]string, error) {
+	chains, err := r.ChainNames(ctx, table)
 	if err != nil {
 		return nil, err
 	}
@@ -118,11 +119,11 @@ func savedChains(r netfilter.Restorer, table string) ([]string, error) {
 // cleanupRules removes IPVS mode's jumps and chains from one family's tables. A
 // family without any of its chains is not touched at all (checking for jumps
 // would create tables of a variant the node does not use).
-func cleanupRules(r netfilter.Restorer, j netfilter.Jumper) error {
+func cleanupRules(ctx context.Context, r netfilter.Restorer, j netfilter.Jumper) error {
 	te := map[string]*tableEdits{}
 	found := false
 	for _, t := range tables {
-		chains, err := savedChains(r, t)
+		chains, err := savedChains(ctx, r, t)
 		if err != nil {
 			return err
 		}
@@ -138,5 +139,5 @@ func cleanupRules(r netfilter.Restorer, j netfilter.Jumper) error {
 			return err
 		}
 	}
-	return r.Restore(render(te))
+	return r.Restore(ctx, render(te))
 }

@@ -17,13 +17,13 @@ import (
 // prints every rule, and at 10,000 services (430,000 rules) takes a minute and
 // then crashes (Debian's 1.8.9 overflows its stack in libnftnl). Without an nft
 // binary, and for the legacy variant, the table's iptables-save output is parsed.
-func (r *execRestorer) ChainNames(table string) ([]string, error) {
+func (r *execRestorer) ChainNames(ctx context.Context, table string) ([]string, error) {
 	if !validTableName(table) {
 		return nil, fmt.Errorf("listing chains: bad table name %q", table)
 	}
 	if r.variant == VariantNFT {
 		if _, err := exec.LookPath("nft"); err == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), saveTimeout)
+			ctx, cancel := context.WithTimeout(ctx, saveTimeout)
 			defer cancel()
 			out, err := r.run.output(ctx, nil, "nft", "--json", "list", "chains", nftFamily(r.family))
 			if err != nil {
@@ -32,7 +32,7 @@ func (r *execRestorer) ChainNames(table string) ([]string, error) {
 			return parseNFTChains(out, nftFamily(r.family), table)
 		}
 	}
-	data, err := r.Save(table)
+	data, err := r.Save(ctx, table)
 	if err != nil {
 		return nil, err
 	}
@@ -43,7 +43,7 @@ func (r *execRestorer) ChainNames(table string) ([]string, error) {
 // may jump to them any more). For the nft variant nft does it: iptables-nft-restore
 // --noflush takes minutes over 100,000 chains (it looks every declared chain up in
 // its cache), nft a second.
-func (r *execRestorer) DeleteChains(table string, chains []string) error {
+func (r *execRestorer) DeleteChains(ctx context.Context, table string, chains []string) error {
 	if !validTableName(table) {
 		return fmt.Errorf("deleting chains: bad table name %q", table)
 	}
@@ -52,11 +52,11 @@ func (r *execRestorer) DeleteChains(table string, chains []string) error {
 	}
 	if r.variant == VariantNFT && !slices.ContainsFunc(chains, notNFTName) {
 		if _, err := exec.LookPath("nft"); err == nil {
-			_, err := r.run.output(context.Background(), nftDeleteScript(nftFamily(r.family), table, chains), "nft", "-f", "-")
+			_, err := r.run.output(ctx, nftDeleteScript(nftFamily(r.family), table, chains), "nft", "-f", "-")
 			return err
 		}
 	}
-	return r.Restore(deleteChainsInput(table, chains))
+	return r.Restore(ctx, deleteChainsInput(table, chains))
 }
 
 // nftDeleteScript flushes every chain before deleting any, so that jumps between

@@ -52,7 +52,7 @@ func TestConntrackKernel(t *testing.T) {
 	})
 	run := topo.CommandIn(topo.NodeNS())
 	for fam, rules := range map[dataplane.Family]string{dataplane.IPv4: ctNATRules4, dataplane.IPv6: ctNATRules6} {
-		if err := NewRestorer(fam, VariantNFT, run).Restore([]byte(rules)); err != nil {
+		if err := NewRestorer(fam, VariantNFT, run).Restore(t.Context(), []byte(rules)); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/switchyard/switchyard/dataplane"
 )
@@ -45,23 +47,51 @@ func (e *toolError) Error() string {
 
 func (e *toolError) Unwrap() error { return e.err }
 
+// killDelay is how long a tool gets to end after SIGTERM, when ctx is done, before it is killed.
+// The iptables tools die at once (they do not catch SIGTERM); the delay bounds a tool stuck in
+// an uninterruptible wait, and a child that keeps our pipes open.
+const killDelay = 2 * time.Second
+
 // output runs one tool with stdin (nil: none) and returns its stdout. Stderr is kept apart so that
-// warnings on a successful run never end up in the rules we parse.
+// warnings on a successful run never end up in the rules we parse. When ctx is done the tool is
+// stopped, and the error wraps ctx.Err(): the caller can tell a shutdown from a failure.
 func (r Runner) output(ctx context.Context, stdin []byte, name string, args ...string) ([]byte, error) {
 	cmd := r.orDefault()(ctx, name, args...)
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)
 	}
+	stopGently(cmd)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
 		return stdout.Bytes(), &toolError{
 			cmdline: strings.Join(append([]string{name}, args...), " "),
-			err:     err,
+			err:     withContextErr(ctx, err),
 			stderr:  strings.TrimSpace(stderr.String()),
 		}
 	}
 	return stdout.Bytes(), nil
+}
+
+// stopGently makes a command built with a context get SIGTERM when the context is done, and
+// SIGKILL killDelay later if it is still there (exec.CommandContext sends SIGKILL at once). A
+// command built without a context is left alone: setting Cancel would make it fail to start.
+func stopGently(cmd *exec.Cmd) {
+	if cmd.Cancel == nil {
+		return
+	}
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = killDelay
+}
+
+// withContextErr makes the error of a tool stopped because ctx is done wrap ctx.Err(): exec
+// reports such a tool's death by signal ("signal: terminated"), which says nothing of why.
+func withContextErr(ctx context.Context, err error) error {
+	cerr := ctx.Err()
+	if cerr == nil || errors.Is(err, cerr) {
+		return err
+	}
+	return fmt.Errorf("%w (%v)", cerr, err)
 }
 
 // toolName is the binary for a family, variant and tool ("restore" or "save"), e.g.

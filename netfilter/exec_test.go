@@ -2,10 +2,12 @@ package netfilter
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/switchyard/switchyard/dataplane"
 	"github.com/switchyard/switchyard/test/topology"
@@ -71,13 +73,61 @@ func TestToolName(t *testing.T) {
 func TestRestorerUnresolvedVariant(t *testing.T) {
 	s := &scriptRunner{}
 	r := NewRestorer(dataplane.IPv4, VariantAuto, s.run)
-	if err := r.Restore([]byte("*nat\nCOMMIT\n")); err == nil {
+	if err := r.Restore(t.Context(), []byte("*nat\nCOMMIT\n")); err == nil {
 		t.Error("Restore with variant auto: no error")
 	}
-	if _, err := r.Save("nat"); err == nil {
+	if _, err := r.Save(t.Context(), "nat"); err == nil {
 		t.Error("Save with variant auto: no error")
 	}
 	if len(s.calls) != 0 {
 		t.Errorf("tools ran: %q", s.calls)
+	}
+}
+
+// A restore whose context ends stops the tool (SIGTERM) and says why: the error
+// wraps ctx.Err(), so the sync loop can tell a shutdown from a failure.
+func TestRestoreStopsWithTheContext(t *testing.T) {
+	tool := func(ctx context.Context, name string, args ...string) *exec.Cmd {
+		return exec.CommandContext(ctx, "sleep", "60") // a restore that takes a minute
+	}
+	r := NewRestorer(dataplane.IPv4, VariantNFT, tool)
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := r.Restore(ctx, []byte("*nat\nCOMMIT\n"))
+	took := time.Since(start)
+	var re *RestoreError
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &re) {
+		t.Errorf("Restore = %v, want a *RestoreError wrapping the context's error", err)
+	}
+	if took >= killDelay {
+		t.Errorf("Restore took %v: the tool was not stopped by SIGTERM", took)
+	}
+	// A context already done fails at once (exec does not start the tool).
+	if err := r.Restore(ctx, []byte("*nat\nCOMMIT\n")); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Restore with a done context = %v", err)
+	}
+	if _, err := r.ChainNames(ctx, "nat"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("ChainNames with a done context = %v", err)
+	}
+}
+
+// A tool that ignores SIGTERM is killed killDelay later.
+func TestRestoreKillsAToolThatIgnoresSIGTERM(t *testing.T) {
+	tool := func(ctx context.Context, name string, args ...string) *exec.Cmd {
+		// An ignored signal stays ignored across exec; no shell stays behind.
+		return exec.CommandContext(ctx, "sh", "-c", `trap "" TERM; exec sleep 60`)
+	}
+	r := NewRestorer(dataplane.IPv4, VariantNFT, tool)
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := r.Restore(ctx, []byte("*nat\nCOMMIT\n"))
+	took := time.Since(start)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Restore = %v, want the context's error", err)
+	}
+	if took < killDelay || took > killDelay+5*time.Second {
+		t.Errorf("Restore took %v, want about %v (SIGTERM ignored, then SIGKILL)", took, killDelay)
 	}
 }

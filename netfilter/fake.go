@@ -2,6 +2,7 @@ package netfilter
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -16,7 +17,9 @@ import (
 // kernel would refuse: an unknown table or command, a rule in a chain that does not exist, a jump
 // to a target that is neither a chain nor a known target, deleting a chain that is built in, has
 // rules or is jumped to, deleting a rule that is not there. A failing block leaves its table as
-// it was; the blocks before it stay applied, as with the real tool.
+// it was; the blocks before it stay applied, as with the real tool. A call whose context is done
+// fails with an error wrapping ctx.Err() and changes nothing, as the real tool stopped before its
+// first COMMIT.
 //
 // Rules are kept as written (blanks between words normalised), not in iptables-save's canonical
 // form: "-d 10.0.0.1" stays so. Tests compare against what they restored.
@@ -25,6 +28,8 @@ type FakeRestorer struct {
 	tables   map[string]*fakeTable
 	failNext int
 	calls    []FakeRestoreCall
+	// onRestore runs at the start of every Restore (see OnRestore).
+	onRestore func(ctx context.Context)
 }
 
 // FakeRestoreCall is one Restore call as the fake saw it.
@@ -72,6 +77,15 @@ func (f *FakeRestorer) FailNext(n int) {
 	f.failNext = n
 }
 
+// OnRestore makes every Restore call hook with its context first, before the fake looks at
+// anything or takes its lock: a test blocks there (on ctx.Done(), or a channel of its own) to
+// hold a restore in flight, as the real tool is for minutes at 10,000 services.
+func (f *FakeRestorer) OnRestore(hook func(ctx context.Context)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.onRestore = hook
+}
+
 // Calls returns every Restore call so far, oldest first.
 func (f *FakeRestorer) Calls() []FakeRestoreCall {
 	f.mu.Lock()
@@ -108,7 +122,10 @@ func (f *FakeRestorer) Chains(table string) map[string][]string {
 }
 
 // ChainNames lists a table's user-defined chains, sorted.
-func (f *FakeRestorer) ChainNames(table string) ([]string, error) {
+func (f *FakeRestorer) ChainNames(ctx context.Context, table string) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("fake iptables: listing chains: %w", err)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	t, ok := f.tables[table]
@@ -126,26 +143,43 @@ func (f *FakeRestorer) ChainNames(table string) ([]string, error) {
 }
 
 // DeleteChains applies the equivalent restore input.
-func (f *FakeRestorer) DeleteChains(table string, chains []string) error {
+func (f *FakeRestorer) DeleteChains(ctx context.Context, table string, chains []string) error {
 	if len(chains) == 0 {
 		return nil
 	}
-	return f.Restore(deleteChainsInput(table, chains))
+	return f.Restore(ctx, deleteChainsInput(table, chains))
 }
 
 // Restore applies data block by block, as iptables-restore --noflush does.
-func (f *FakeRestorer) Restore(data []byte) error {
+func (f *FakeRestorer) Restore(ctx context.Context, data []byte) error {
+	if hook := f.restoreHook(); hook != nil {
+		hook(ctx)
+	}
+	return f.restore(ctx, data)
+}
+
+// restore is Restore without the hook: FakeJumper's single-rule changes are not restores.
+func (f *FakeRestorer) restore(ctx context.Context, data []byte) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	call := FakeRestoreCall{Input: bytes.Clone(data), Lines: countLines(data)}
-	if f.failNext > 0 {
+	switch {
+	case ctx.Err() != nil:
+		call.Err = &RestoreError{Tool: "fake-iptables-restore", Message: "stopped", Err: ctx.Err()}
+	case f.failNext > 0:
 		f.failNext--
 		call.Err = ErrFakeInjected
-	} else {
+	default:
 		call.Err = f.apply(data)
 	}
 	f.calls = append(f.calls, call)
 	return call.Err
+}
+
+func (f *FakeRestorer) restoreHook() func(context.Context) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.onRestore
 }
 
 func countLines(data []byte) int {
@@ -202,7 +236,10 @@ func (f *FakeRestorer) begin(cur *fakeTable, name string) (*fakeTable, error) {
 
 // Save renders a table as iptables-save does: built-in chains in their order with policies, then
 // the other chains sorted by name, then the rules chain by chain in the same order.
-func (f *FakeRestorer) Save(table string) ([]byte, error) {
+func (f *FakeRestorer) Save(ctx context.Context, table string) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("fake iptables-save: %w", err)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	t, ok := f.tables[table]

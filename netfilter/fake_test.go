@@ -1,6 +1,7 @@
 package netfilter
 
 import (
+	"context"
 	"errors"
 	"reflect"
 	"regexp"
@@ -79,7 +80,7 @@ COMMIT
 // normalSave is Save's output without comments and counters, as lines.
 func normalSave(t testing.TB, r Restorer, table string) []string {
 	t.Helper()
-	out, err := r.Save(table)
+	out, err := r.Save(t.Context(), table)
 	if err != nil {
 		t.Fatalf("Save(%s): %v", table, err)
 	}
@@ -101,7 +102,7 @@ func runRestoreSteps(t *testing.T, r Restorer) [][2][]string {
 	t.Helper()
 	var states [][2][]string
 	for _, s := range restoreSteps {
-		err := r.Restore([]byte(s.input))
+		err := r.Restore(t.Context(), []byte(s.input))
 		if (err != nil) != s.fails {
 			t.Errorf("step %q: error %v, want failure %v", s.name, err, s.fails)
 		}
@@ -123,7 +124,7 @@ func checkChainNames(t *testing.T, r Restorer, table string, saved []string) {
 		}
 	}
 	slices.Sort(want)
-	got, err := r.ChainNames(table)
+	got, err := r.ChainNames(t.Context(), table)
 	if err != nil || !slices.Equal(got, want) {
 		t.Errorf("ChainNames(%s) = %q, %v; Save declares %q", table, got, err, want)
 	}
@@ -145,16 +146,16 @@ func TestFakeRestorerSteps(t *testing.T) {
 // A failing block changes nothing in its table; blocks before it stay applied.
 func TestFakeRestorerTransactions(t *testing.T) {
 	f := NewFakeRestorer()
-	if err := f.Restore([]byte("*filter\n:SY-A - [0:0]\n-A SY-A -j ACCEPT\nCOMMIT\n")); err != nil {
+	if err := f.Restore(t.Context(), []byte("*filter\n:SY-A - [0:0]\n-A SY-A -j ACCEPT\nCOMMIT\n")); err != nil {
 		t.Fatal(err)
 	}
-	before, _ := f.Save("filter")
-	err := f.Restore([]byte("*nat\n:SY-N - [0:0]\nCOMMIT\n*filter\n:SY-A - [0:0]\n:SY-B - [0:0]\n-A SY-A -j SY-B\n-A SY-B -j SY-NOPE\nCOMMIT\n"))
+	before, _ := f.Save(t.Context(), "filter")
+	err := f.Restore(t.Context(), []byte("*nat\n:SY-N - [0:0]\nCOMMIT\n*filter\n:SY-A - [0:0]\n:SY-B - [0:0]\n-A SY-A -j SY-B\n-A SY-B -j SY-NOPE\nCOMMIT\n"))
 	var re *RestoreError
 	if !errors.As(err, &re) || re.Line != 8 || re.Text != "-A SY-B -j SY-NOPE" {
 		t.Fatalf("error %#v, want line 8 -A SY-B -j SY-NOPE", err)
 	}
-	if after, _ := f.Save("filter"); string(after) != string(before) {
+	if after, _ := f.Save(t.Context(), "filter"); string(after) != string(before) {
 		t.Errorf("the failed block changed the filter table:\n%s\nwas\n%s", after, before)
 	}
 	if _, ok := f.Chains("nat")["SY-N"]; !ok {
@@ -167,17 +168,17 @@ func TestFakeRestorerFailNextAndLines(t *testing.T) {
 	f.FailNext(2)
 	in := []byte("*nat\n:SY-N - [0:0]\n\n-A SY-N -j RETURN\nCOMMIT\n")
 	for i := 0; i < 2; i++ {
-		if err := f.Restore(in); !errors.Is(err, ErrFakeInjected) {
+		if err := f.Restore(t.Context(), in); !errors.Is(err, ErrFakeInjected) {
 			t.Fatalf("restore %d: %v, want the injected failure", i, err)
 		}
 	}
 	if _, ok := f.Chains("nat")["SY-N"]; ok {
 		t.Fatal("an injected failure applied the input")
 	}
-	if err := f.Restore(in); err != nil {
+	if err := f.Restore(t.Context(), in); err != nil {
 		t.Fatalf("third restore: %v", err)
 	}
-	if err := f.Restore([]byte("*nat\n-A SY-N -j RETURN\nCOMMIT\n")); err != nil {
+	if err := f.Restore(t.Context(), []byte("*nat\n-A SY-N -j RETURN\nCOMMIT\n")); err != nil {
 		t.Fatal(err)
 	}
 	calls := f.Calls()
@@ -199,10 +200,10 @@ func TestFakeRestorerFailNextAndLines(t *testing.T) {
 func TestFakeRestorerSave(t *testing.T) {
 	f := NewFakeRestorer()
 	in := "*nat\n:SY-B - [0:0]\n:SY-A - [0:0]\n-A SY-B   -m comment --comment \"x  y\" -j RETURN\n-A POSTROUTING -j SY-A\n-A SY-A -j SY-B\nCOMMIT\n"
-	if err := f.Restore([]byte(in)); err != nil {
+	if err := f.Restore(t.Context(), []byte(in)); err != nil {
 		t.Fatal(err)
 	}
-	got, err := f.Save("nat")
+	got, err := f.Save(t.Context(), "nat")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +228,7 @@ COMMIT
 	if err != nil || !reflect.DeepEqual(chains, f.Chains("nat")) {
 		t.Errorf("ParseSave(Save) = %q, %v; Chains = %q", chains, err, f.Chains("nat"))
 	}
-	if _, err := f.Save("bogus"); err == nil {
+	if _, err := f.Save(t.Context(), "bogus"); err == nil {
 		t.Error("Save of an unknown table: no error")
 	}
 	if f.Chains("bogus") != nil {
@@ -253,10 +254,48 @@ func TestFakeRestorerRefusals(t *testing.T) {
 		{"a chain named like a target", "*filter\n:DROP - [0:0]\nCOMMIT\n"},
 	} {
 		f := NewFakeRestorer()
-		err := f.Restore([]byte(c.input))
+		err := f.Restore(t.Context(), []byte(c.input))
 		var re *RestoreError
 		if !errors.As(err, &re) || re.Line == 0 || re.Message == "" {
 			t.Errorf("%s: error %#v, want a RestoreError with a line", c.name, err)
+		}
+	}
+}
+
+// A restore whose context is done fails with the context's error and changes
+// nothing, like the real tool stopped before its COMMIT; OnRestore holds one in
+// flight until the test lets it go.
+func TestFakeRestorerHonoursTheContext(t *testing.T) {
+	f := NewFakeRestorer()
+	in := []byte("*nat\n:SY-N - [0:0]\n-A SY-N -j RETURN\nCOMMIT\n")
+	held := make(chan struct{})
+	f.OnRestore(func(ctx context.Context) {
+		close(held)
+		<-ctx.Done()
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- f.Restore(ctx, in) }()
+	<-held
+	cancel()
+	var re *RestoreError
+	if err := <-done; !errors.Is(err, context.Canceled) || !errors.As(err, &re) {
+		t.Errorf("Restore = %v, want a *RestoreError wrapping context.Canceled", err)
+	}
+	if _, ok := f.Chains("nat")["SY-N"]; ok {
+		t.Error("a canceled restore applied its input")
+	}
+	if calls := f.Calls(); len(calls) != 1 || !errors.Is(calls[0].Err, context.Canceled) {
+		t.Errorf("calls %+v", calls)
+	}
+	f.OnRestore(nil)
+	for name, call := range map[string]func() error{
+		"Save":         func() error { _, err := f.Save(ctx, "nat"); return err },
+		"ChainNames":   func() error { _, err := f.ChainNames(ctx, "nat"); return err },
+		"DeleteChains": func() error { return f.DeleteChains(ctx, "nat", []string{"SY-N"}) },
+	} {
+		if err := call(); !errors.Is(err, context.Canceled) {
+			t.Errorf("%s with a canceled context = %v", name, err)
 		}
 	}
 }

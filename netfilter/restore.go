@@ -13,24 +13,28 @@ import (
 	"github.com/switchyard/switchyard/dataplane"
 )
 
-// Restorer applies iptables-restore input for one family, atomically per table.
+// Restorer applies iptables-restore input for one family, atomically per table. Every method
+// runs its tool with ctx: when ctx is done the tool is stopped and the error wraps ctx.Err().
 type Restorer interface {
 	// Restore feeds data (one or more "*table ... COMMIT" blocks) to iptables-restore --noflush
 	// (ip6tables-restore for IPv6). Each table block is a transaction of its own: when one fails,
 	// the blocks before it stay applied and it and the ones after it are not. The error is a
-	// *RestoreError naming the input line the tool blamed, when it named one.
-	Restore(data []byte) error
+	// *RestoreError naming the input line the tool blamed, when it named one. A restore stopped
+	// through ctx is a failure like any other: the tool applies a table only at its COMMIT (nft:
+	// one netlink batch; legacy: one table replace), so each table is as it was or as the input
+	// made it, never in between.
+	Restore(ctx context.Context, data []byte) error
 	// Save returns the current rules of a table (iptables-save -t TABLE), for drift checks and
 	// cleanup. The tool prints rules in its canonical form ("-s 10.0.0.1/32", "-p tcp -m tcp"),
 	// which may differ from the text that was restored; ParseSave splits it into chains.
-	Save(table string) ([]byte, error)
+	Save(ctx context.Context, table string) ([]byte, error)
 	// ChainNames lists the names of a table's user-defined chains, sorted: what cleanup and the
 	// search for stale chains need, and cheap where Save is not (see execRestorer.ChainNames).
 	// Built-in chains are left out: iptables-nft creates them only when a rule needs them.
-	ChainNames(table string) ([]string, error)
+	ChainNames(ctx context.Context, table string) ([]string, error)
 	// DeleteChains flushes and deletes user-defined chains of a table in one transaction; nothing
 	// may jump to them any more.
-	DeleteChains(table string, chains []string) error
+	DeleteChains(ctx context.Context, table string, chains []string) error
 }
 
 const (
@@ -39,7 +43,7 @@ const (
 	// retried rather than hanging.
 	restoreWaitSeconds = "5"
 	// saveTimeout bounds a Save; restores have no timeout of their own, because a large ruleset
-	// legitimately takes minutes with iptables-legacy.
+	// legitimately takes minutes with iptables-legacy (the caller's ctx stops them).
 	saveTimeout = 2 * time.Minute
 )
 
@@ -57,21 +61,21 @@ func NewRestorer(family dataplane.Family, variant Variant, run Runner) Restorer 
 	return &execRestorer{family: family, variant: variant, run: run.orDefault()}
 }
 
-func (r *execRestorer) Restore(data []byte) error {
+func (r *execRestorer) Restore(ctx context.Context, data []byte) error {
 	name, err := toolName(r.family, r.variant, "restore")
 	if err != nil {
 		return err
 	}
 	// --noflush: only the chains the input declares are flushed; everybody else's rules (and our
 	// chains that this input leaves alone, for partial syncs) stay.
-	_, err = r.run.output(context.Background(), data, name, "--wait", restoreWaitSeconds, "--noflush")
+	_, err = r.run.output(ctx, data, name, "--wait", restoreWaitSeconds, "--noflush")
 	if err != nil {
 		return newRestoreError(name, data, err)
 	}
 	return nil
 }
 
-func (r *execRestorer) Save(table string) ([]byte, error) {
+func (r *execRestorer) Save(ctx context.Context, table string) ([]byte, error) {
 	if !validTableName(table) {
 		return nil, fmt.Errorf("iptables-save: bad table name %q", table)
 	}
@@ -79,7 +83,7 @@ func (r *execRestorer) Save(table string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), saveTimeout)
+	ctx, cancel := context.WithTimeout(ctx, saveTimeout)
 	defer cancel()
 	return r.run.output(ctx, nil, name, "-t", table)
 }

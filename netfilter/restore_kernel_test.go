@@ -59,32 +59,32 @@ func testStepsAgainstFake(t *testing.T, r Restorer) {
 // others stay.
 func testDeleteChains(t *testing.T, r Restorer) {
 	in := "*filter\n:DC-A - [0:0]\n:DC-B - [0:0]\n:DC-KEEP - [0:0]\n-A DC-A -j DC-B\n-A DC-B -j DC-A\n-A DC-KEEP -j ACCEPT\nCOMMIT\n"
-	if err := r.Restore([]byte(in)); err != nil {
+	if err := r.Restore(t.Context(), []byte(in)); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.DeleteChains("filter", []string{"DC-A", "DC-B"}); err != nil {
+	if err := r.DeleteChains(t.Context(), "filter", []string{"DC-A", "DC-B"}); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := r.ChainNames("filter"); err != nil || slices.Contains(got, "DC-A") || slices.Contains(got, "DC-B") || !slices.Contains(got, "DC-KEEP") {
+	if got, err := r.ChainNames(t.Context(), "filter"); err != nil || slices.Contains(got, "DC-A") || slices.Contains(got, "DC-B") || !slices.Contains(got, "DC-KEEP") {
 		t.Errorf("after deleting DC-A and DC-B: %q, %v", got, err)
 	}
-	if err := r.DeleteChains("filter", []string{"DC-KEEP"}); err != nil {
+	if err := r.DeleteChains(t.Context(), "filter", []string{"DC-KEEP"}); err != nil {
 		t.Error(err)
 	}
 	// A chain something jumps to cannot go; nothing else does either.
-	if err := r.Restore([]byte("*filter\n:DC-C - [0:0]\n:DC-D - [0:0]\n-A INPUT -j DC-D\nCOMMIT\n")); err != nil {
+	if err := r.Restore(t.Context(), []byte("*filter\n:DC-C - [0:0]\n:DC-D - [0:0]\n-A INPUT -j DC-D\nCOMMIT\n")); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.DeleteChains("filter", []string{"DC-C", "DC-D"}); err == nil {
+	if err := r.DeleteChains(t.Context(), "filter", []string{"DC-C", "DC-D"}); err == nil {
 		t.Error("deleted a chain INPUT jumps to")
 	}
-	if got, _ := r.ChainNames("filter"); !slices.Contains(got, "DC-C") {
+	if got, _ := r.ChainNames(t.Context(), "filter"); !slices.Contains(got, "DC-C") {
 		t.Errorf("a failed DeleteChains deleted DC-C: %q", got)
 	}
-	if err := r.Restore([]byte("*filter\n-D INPUT -j DC-D\nCOMMIT\n")); err != nil {
+	if err := r.Restore(t.Context(), []byte("*filter\n-D INPUT -j DC-D\nCOMMIT\n")); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.DeleteChains("filter", []string{"DC-C", "DC-D"}); err != nil {
+	if err := r.DeleteChains(t.Context(), "filter", []string{"DC-C", "DC-D"}); err != nil {
 		t.Error(err)
 	}
 }
@@ -94,7 +94,7 @@ func testDeleteChains(t *testing.T, r Restorer) {
 func testIPv6Failure(t *testing.T, r Restorer) {
 	good := "*nat\n:SY-SVC - [0:0]\n-A OUTPUT -j SY-SVC\n" +
 		"-A SY-SVC -d fd00:96::10/128 -p udp -m udp --dport 53 -j DNAT --to-destination [fd00:1::1]:5353\nCOMMIT\n"
-	if err := r.Restore([]byte(good)); err != nil {
+	if err := r.Restore(t.Context(), []byte(good)); err != nil {
 		t.Fatal(err)
 	}
 	before := normalSave(t, r, "nat")
@@ -102,7 +102,7 @@ func testIPv6Failure(t *testing.T, r Restorer) {
 		t.Fatalf("Save after restore:\n%s\nmissing %q", strings.Join(before, "\n"), want)
 	}
 	bad := "*nat\n:SY-SVC - [0:0]\n-A SY-SVC -j RETURN\n-A SY-SVC --bogus 1 -j RETURN\nCOMMIT\n"
-	err := r.Restore([]byte(bad))
+	err := r.Restore(t.Context(), []byte(bad))
 	var re *RestoreError
 	if !errors.As(err, &re) || re.Line != 4 || re.Text != "-A SY-SVC --bogus 1 -j RETURN" {
 		t.Fatalf("bad restore: %#v, want a RestoreError for line 4", err)

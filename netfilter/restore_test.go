@@ -70,14 +70,14 @@ func TestRestorerCommands(t *testing.T) {
 		"ip6tables-legacy-save -t nat":                "*nat\nCOMMIT\n",
 	}}
 	r := NewRestorer(dataplane.IPv6, VariantLegacy, s.run)
-	if err := r.Restore([]byte("*nat\nCOMMIT\n")); err != nil {
+	if err := r.Restore(t.Context(), []byte("*nat\nCOMMIT\n")); err != nil {
 		t.Fatal(err)
 	}
-	out, err := r.Save("nat")
+	out, err := r.Save(t.Context(), "nat")
 	if err != nil || string(out) != "*nat\nCOMMIT\n" {
 		t.Fatalf("Save = %q, %v", out, err)
 	}
-	if _, err := r.Save("-F"); err == nil {
+	if _, err := r.Save(t.Context(), "-F"); err == nil {
 		t.Error("Save of a bad table name: no error")
 	}
 	want := []string{"ip6tables-legacy-restore --wait 5 --noflush", "ip6tables-legacy-save -t nat"}
@@ -85,7 +85,7 @@ func TestRestorerCommands(t *testing.T) {
 		t.Errorf("calls = %q, want %q", s.calls, want)
 	}
 	// A tool that is not installed: the error says so, with no line.
-	err = NewRestorer(dataplane.IPv4, VariantNFT, s.run).Restore([]byte("*nat\nCOMMIT\n"))
+	err = NewRestorer(dataplane.IPv4, VariantNFT, s.run).Restore(t.Context(), []byte("*nat\nCOMMIT\n"))
 	var re *RestoreError
 	if !errors.As(err, &re) || re.Line != 0 || re.Tool != "iptables-nft-restore" {
 		t.Errorf("missing tool: %#v", err)

@@ -31,6 +31,9 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The first signal starts the shutdown (a sync in flight stops within
+	// seconds); a second one ends the process at once, as without a handler.
+	context.AfterFunc(ctx, stop)
 	cmd := newRootCommand(stdout, stderr)
 	cmd.SetArgs(args)
 	err := cmd.ExecuteContext(ctx)
