@@ -139,7 +139,10 @@ func (b *Backend) Name() string { return "ebpf" }
 func (b *Backend) Sync(ctx context.Context, st *dataplane.State, changes *dataplane.ChangeSet) error {
 	err := b.writer.Sync(ctx, st, changes)
 	if ctx.Err() == nil {
-		err = errors.Join(err, b.syncNode(st, changes == nil))
+		// Joined only when it failed: a FrontendErrors must reach the runner as is.
+		if nerr := b.syncNode(st, changes == nil); nerr != nil {
+			err = errors.Join(err, nerr)
+		}
 	}
 	// Clients keep sending into a removed backend otherwise; a failure here is
 	// logged, not the sync's: the backend is gone whatever happens to the sockets.
