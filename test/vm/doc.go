@@ -27,10 +27,17 @@
 //
 // # The guest
 //
-// qemu-system-x86_64 -machine q35 -accel tcg,thread=multi -cpu max, 2 CPUs, 2048 MB, with
+// qemu-system-x86_64 -machine q35 -accel tcg,thread=single -cpu max, 2 CPUs, 2048 MB, with
 // -nodefaults -nic none: no network device, so nothing in the guest has a path out. The kernel
 // console goes to ttyS0 (shown with -v, its last lines on failure), the programs' output to ttyS1
 // (vmrun's stdout, raw: no \r added; drained before power-off so the last lines arrive).
+//
+// The two vCPUs take turns on one host thread: with a thread each (thread=multi), a vCPU could
+// keep running kernel code another one had just patched, in its old form, and die of
+// "Oops: int3" (see qemuArgs). A guest that still dies before its first program starts (the init
+// prints "vmrun-init: run 0 ..." to the console, drained, right before it) is booted again, at
+// most twice, with a line "vmrun: kernel ...: the guest died before the test started (...),
+// booting again" on stderr; a guest that dies once a program started is a failure (status 125).
 //
 // The initramfs (uncompressed cpio, built per run in ~0.1 s) holds vmrun itself as /init (it acts
 // as the guest's init when it is PID 1), busybox (sh, modprobe, ...: last in PATH), the host's

@@ -67,6 +67,10 @@ func guestRun(logf func(string, ...any)) (int, error) {
 	rc := 0
 	for i, r := range p.Runs {
 		logf("run %d %s", i, r.Path)
+		// The host boots again a guest that dies before this marker (bootRetrying): it must be
+		// out of the serial port before the program starts, not in the tty's buffer, which a
+		// kernel panic does not flush.
+		drain(os.Stderr)
 		if len(p.Runs) > 1 {
 			fmt.Fprintf(out, "vmrun: === %s (in %s)\n", r.Path, r.Dir)
 		}

@@ -112,7 +112,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
-	br, err := boot(ctx, &o, kernel, initrd)
+	br, err := bootRetrying(&o, func() (*bootResult, error) { return boot(ctx, &o, kernel, initrd) })
 	if br != nil {
 		res.Timings = br.timings
 		res.ExitCode = br.code
@@ -124,6 +124,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		if br != nil && !o.Verbose {
 			fmt.Fprintf(o.Stderr, "vmrun: the kernel console's last lines:\n  %s\n", strings.Join(br.console, "\n  "))
 		}
+		if br != nil && len(br.crash) > 0 { // its first lines may have scrolled out of the above
+			fmt.Fprintf(o.Stderr, "vmrun: the kernel crashed: %s\n", br.deathReason())
+		}
 		return res, fmt.Errorf("kernel %s: %w", o.Kernel.Release, err)
 	}
 	if o.Verbose {
@@ -133,6 +136,24 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			t.Modules.Seconds(), t.Programs.Seconds(), t.Total.Seconds(), res.ExitCode)
 	}
 	return res, nil
+}
+
+// bootAttempts bounds the boots of one run: a guest that dies before its first program starts is
+// booted again, at most twice (see bootResult.diedBeforeStart).
+const bootAttempts = 3
+
+// bootRetrying boots until the guest gets to run the programs or bootAttempts are used up, saying
+// on Stderr why it boots again. A guest that dies once a program started is never booted again:
+// that may be the test's doing, and the test's output is already out.
+func bootRetrying(o *Options, bootOnce func() (*bootResult, error)) (*bootResult, error) {
+	for attempt := 1; ; attempt++ {
+		br, err := bootOnce()
+		if attempt == bootAttempts || !br.diedBeforeStart(err) {
+			return br, err
+		}
+		fmt.Fprintf(o.Stderr, "vmrun: kernel %s: the guest died before the test started (%s), booting again (boot %d of at most %d)\n",
+			o.Kernel.Release, br.deathReason(), attempt+1, bootAttempts)
+	}
 }
 
 func writeInitramfs(ctx context.Context, o *Options, path string, warn func(string, ...any)) (int64, error) {

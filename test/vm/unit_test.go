@@ -2,12 +2,15 @@ package vm
 
 import (
 	"bytes"
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // readNewc parses a newc archive back: name -> mode, body.
@@ -129,5 +132,87 @@ func TestSystemSourcesParsing(t *testing.T) {
 	if l := m.sourcesList(); !strings.Contains(l, "deb [signed-by=/k] http://a bullseye main\n") ||
 		!strings.Contains(l, "deb [signed-by=/k] http://s bookworm-security main\n") || strings.Count(l, "\n") != 4 {
 		t.Errorf("sources list:\n%s", l)
+	}
+}
+
+// consoleOf is what boot makes of a kernel console transcript.
+func consoleOf(t *testing.T, transcript string) *bootResult {
+	t.Helper()
+	r := &bootResult{}
+	r.readConsole(strings.NewReader(transcript), time.Now(), &Options{Stderr: io.Discard})
+	return r
+}
+
+// A 6.12 guest that died at boot under multi-threaded TCG (issue 12): a static key patched on
+// one vCPU left an int3 in the code another one ran, before the init got to any program.
+const bootDeath = "[    0.000000] Linux version 6.12.57+deb12-cloud-amd64\r\n" +
+	"[    1.190422] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\r\n" +
+	"[    1.190422] CPU: 1 UID: 0 PID: 0 Comm: swapper/1 Not tainted 6.12.57+deb12-cloud-amd64 #1  Debian 6.12.57-1~bpo12+1\r\n" +
+	"[    1.190422] RIP: 0010:enqueue_timer+0x1f/0x120\r\n" +
+	"[    1.190422] Code: 48 89 f3 48 83 ec 08 <cc> 44 00 00 48 8b 46 08\r\n" +
+	"[    1.190422] RIP: 0010:default_idle+0x9/0x20\r\n" +
+	"[    1.203117] Kernel panic - not syncing: Fatal exception in interrupt\r\n"
+
+const initStarted = "vmrun-init: start uptime=2.51\r\n" +
+	"vmrun-init: modules n=12 took=0.40s uptime=2.92\r\n" +
+	"vmrun-init: run 0 /vmrun/bin/0/netfilter.test uptime=2.93\r\n"
+
+func TestBootDeathBeforeTheTestIsRetried(t *testing.T) {
+	r := consoleOf(t, "vmrun-init: start uptime=1.02\r\n"+bootDeath)
+	if !r.diedBeforeStart(errNoStatus) {
+		t.Fatalf("a guest that died at boot, before any program: not booted again (started %v)", r.started)
+	}
+	if got, want := r.deathReason(), "Oops: int3: 0000 [#1] PREEMPT SMP NOPTI, RIP: 0010:enqueue_timer+0x1f/0x120"; got != want {
+		t.Errorf("reason %q, want %q", got, want)
+	}
+	if r.diedBeforeStart(errors.New("qemu exited 1: qemu-system-x86_64: -smp: bad")) {
+		t.Error("qemu's own failure is booted again")
+	}
+}
+
+func TestDeathAfterTheTestStartedIsAFailure(t *testing.T) {
+	r := consoleOf(t, initStarted+"=== RUN TestX\r\n"+bootDeath)
+	if !r.started || r.diedBeforeStart(errNoStatus) {
+		t.Fatalf("a guest that died once the program started would be booted again (started %v)", r.started)
+	}
+	if r := consoleOf(t, initStarted+"vmrun-init: exit 0 code=0 uptime=3.5\r\nvmrun-init: done rc=0 uptime=3.5\r\n"); !r.done || r.diedBeforeStart(nil) {
+		t.Errorf("a guest that finished: done %v, booted again %v", r.done, r.diedBeforeStart(nil))
+	}
+}
+
+func TestBootRetrying(t *testing.T) {
+	early, late := consoleOf(t, bootDeath), consoleOf(t, initStarted+bootDeath)
+	fine := consoleOf(t, initStarted+"vmrun-init: done rc=3 uptime=4\r\n")
+	for _, c := range []struct {
+		name   string
+		boots  []*bootResult
+		want   int // boots made
+		err    bool
+		notice int // "booting again" lines
+	}{
+		{"died at boot, then ran", []*bootResult{early, fine}, 2, false, 1},
+		{"died after the start", []*bootResult{late, fine}, 1, true, 0},
+		{"died at every boot", []*bootResult{early, early, early, fine}, bootAttempts, true, bootAttempts - 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var stderr strings.Builder
+			o := &Options{Kernel: &Kernel{Release: "6.12.57+deb12-cloud-amd64"}, Stderr: &stderr}
+			n := 0
+			br, err := bootRetrying(o, func() (*bootResult, error) {
+				br := c.boots[n]
+				n++
+				if br.done {
+					return br, nil
+				}
+				return br, errNoStatus
+			})
+			if n != c.want || (err != nil) != c.err || br != c.boots[n-1] {
+				t.Errorf("%d boots, error %v; want %d boots, error %v", n, err, c.want, c.err)
+			}
+			notice := "vmrun: kernel 6.12.57+deb12-cloud-amd64: the guest died before the test started (Oops: int3: 0000 [#1] PREEMPT SMP NOPTI, RIP: 0010:enqueue_timer+0x1f/0x120), booting again (boot 2 of at most 3)\n"
+			if got := strings.Count(stderr.String(), "booting again"); got != c.notice || (c.notice > 0 && !strings.HasPrefix(stderr.String(), notice)) {
+				t.Errorf("stderr:\n%s\nwant %d notices starting with\n%s", stderr.String(), c.notice, notice)
+			}
+		})
 	}
 }
