@@ -111,13 +111,7 @@ func kernelRound(t *testing.T, topo *topology.Topology, v netfilter.Variant) err
 		c.set("ns", svc.Name, svc, sl)
 	}
 	r := netfilter.NewRestorer(dataplane.IPv4, v, topo.CommandIn(topo.NodeNS()))
-	j, err := netfilter.NewJumper(dataplane.IPv4, v) // runs in this thread's namespace: the node's
-	if err != nil {
-		return err
-	}
-	b, err := NewBackend(BackendConfig{Model: sc.modelConfig(), Families: []dataplane.Family{dataplane.IPv4},
-		Restorers: map[dataplane.Family]netfilter.Restorer{dataplane.IPv4: r}, Jumpers: map[dataplane.Family]netfilter.Jumper{dataplane.IPv4: j},
-		Conntrack: &netfilter.FakeConntrack{}, Sysctl: netfilter.NewFakeSysctl(map[string]string{netfilter.SysctlRouteLocalnet: "0"}), MasqueradeBit: 14})
+	b, err := kernelBackend(sc, v, r)
 	if err != nil {
 		return err
 	}

@@ -95,17 +95,23 @@ func testStopDuringRestore(t *testing.T, v netfilter.Variant) {
 // syncOnce builds the backend and runs one full sync, on a thread in the node's
 // namespace (the Jumper works in its caller's).
 func syncOnce(ctx context.Context, sc scenario, st *dataplane.State, v netfilter.Variant, r netfilter.Restorer) error {
-	j, err := netfilter.NewJumper(dataplane.IPv4, v)
-	if err != nil {
-		return err
-	}
-	b, err := NewBackend(BackendConfig{Model: sc.modelConfig(), Families: []dataplane.Family{dataplane.IPv4},
-		Restorers: map[dataplane.Family]netfilter.Restorer{dataplane.IPv4: r}, Jumpers: map[dataplane.Family]netfilter.Jumper{dataplane.IPv4: j},
-		Conntrack: &netfilter.FakeConntrack{}, Sysctl: netfilter.NewFakeSysctl(map[string]string{netfilter.SysctlRouteLocalnet: "0"}), MasqueradeBit: 14})
+	b, err := kernelBackend(sc, v, r)
 	if err != nil {
 		return err
 	}
 	return b.Sync(ctx, st, nil)
+}
+
+// kernelBackend is an IPv4 backend on the real tools (r) and the real jumps, which work in the
+// calling thread's namespace, with fakes for conntrack and sysctls.
+func kernelBackend(sc scenario, v netfilter.Variant, r netfilter.Restorer) (*Backend, error) {
+	j, err := netfilter.NewJumper(dataplane.IPv4, v)
+	if err != nil {
+		return nil, err
+	}
+	return NewBackend(BackendConfig{Model: sc.modelConfig(), Families: []dataplane.Family{dataplane.IPv4},
+		Restorers: map[dataplane.Family]netfilter.Restorer{dataplane.IPv4: r}, Jumpers: map[dataplane.Family]netfilter.Jumper{dataplane.IPv4: j},
+		Conntrack: &netfilter.FakeConntrack{}, Sysctl: netfilter.NewFakeSysctl(map[string]string{netfilter.SysctlRouteLocalnet: "0"}), MasqueradeBit: 14})
 }
 
 // checkWholeTables checks that each table holds either none of the chains the
