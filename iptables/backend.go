@@ -88,7 +88,7 @@ func (b *Backend) Sync(ctx context.Context, st *dataplane.State, changes *datapl
 		}
 		if cerr := ctx.Err(); cerr != nil {
 			// Shutting down: the other families and conntrack wait for the next agent.
-			return stopped(errors.Join(errs...), cerr)
+			return errors.Join(append(errs, fmt.Errorf("iptables: sync stopped: %w", cerr))...)
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -117,15 +117,6 @@ func (b *Backend) syncFamily(ctx context.Context, f *familySync, st *dataplane.S
 	b.LastLines[f.cfg.Family] = n
 	klog.V(4).InfoS("Wrote iptables rules", "family", f.cfg.Family, "lines", n)
 	return nil
-}
-
-// stopped is the error of a sync that ends because its context is done (cerr):
-// it wraps cerr, so the runner can tell a shutdown from a failure.
-func stopped(err, cerr error) error {
-	if errors.Is(err, cerr) {
-		return err
-	}
-	return errors.Join(err, fmt.Errorf("iptables: sync stopped: %w", cerr))
 }
 
 func (b *Backend) ensureJumps(cfg Config) error {

@@ -42,11 +42,7 @@ func TestCleanupAt10kServicesOnTheKernel(t *testing.T) {
 	topology.RequireTools(t, append(netfilter.VariantTools(v), "nft")...)
 	topo := support.Build(t, topology.Scenario{Node: topology.Node{Name: nodeName, IPs: []string{"192.168.0.2"}}})
 	sc := scenario{}
-	c := newCluster(sc)
-	for i := range 10000 {
-		svc, sl := numberedService(i, false, tenEndpoints(i)...)
-		c.set("ns", svc.Name, svc, sl)
-	}
+	c := numberedCluster(sc, 10000, 10)
 	// Loaded without --noflush (the namespace is the test's own): 10 s instead of
 	// the two minutes a first sync takes.
 	all := render(t, c.st, sc.cfg())

@@ -55,6 +55,16 @@ func numberedService(i int, udp bool, eps ...string) (*v1.Service, *discovery.En
 	return svc, endpoints(svc, 8080, eps)
 }
 
+// numberedCluster holds services 0 to n-1 (TCP), each with the first eps of its tenEndpoints.
+func numberedCluster(sc scenario, n, eps int) *cluster {
+	c := newCluster(sc)
+	for i := range n {
+		svc, sl := numberedService(i, false, tenEndpoints(i)[:eps]...)
+		c.set("ns", svc.Name, svc, sl)
+	}
+	return c
+}
+
 func tenEndpoints(i int) []string {
 	var out []string
 	for e := range 10 {
@@ -126,11 +136,7 @@ func sameAsFresh(t *testing.T, k *fakeKernel, sc scenario, st *dataplane.State) 
 func TestSyncAt10kServicesWritesOnlyWhatChanged(t *testing.T) {
 	const n = 10000
 	sc := scenario{}
-	c := newCluster(sc)
-	for i := range n {
-		svc, sl := numberedService(i, false, tenEndpoints(i)...)
-		c.set("ns", svc.Name, svc, sl)
-	}
+	c := numberedCluster(sc, n, 10)
 	k := newFakeKernel(t, sc)
 	ctx := context.Background()
 	if err := k.b.Sync(ctx, c.st, nil); err != nil {
@@ -174,11 +180,7 @@ func TestSyncAt10kServicesWritesOnlyWhatChanged(t *testing.T) {
 // full and repairs everything.
 func TestFailedRestoreKeepsRulesAndNextSyncRepairs(t *testing.T) {
 	sc := scenario{}
-	c := newCluster(sc)
-	for i := range 20 {
-		svc, sl := numberedService(i, false, tenEndpoints(i)[:3]...)
-		c.set("ns", svc.Name, svc, sl)
-	}
+	c := numberedCluster(sc, 20, 3)
 	k := newFakeKernel(t, sc)
 	ctx := context.Background()
 	if err := k.b.Sync(ctx, c.st, nil); err != nil {
@@ -333,11 +335,7 @@ func TestNothingChangesBeforeTheFirstSync(t *testing.T) {
 // failure, and the next sync rewrites everything.
 func TestSyncStopsWithTheContext(t *testing.T) {
 	sc := scenario{}
-	c := newCluster(sc)
-	for i := range 20 {
-		svc, sl := numberedService(i, false, tenEndpoints(i)[:3]...)
-		c.set("ns", svc.Name, svc, sl)
-	}
+	c := numberedCluster(sc, 20, 3)
 	k := newFakeKernel(t, sc)
 	if err := k.b.Sync(t.Context(), c.st, nil); err != nil {
 		t.Fatal(err)

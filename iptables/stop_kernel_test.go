@@ -48,11 +48,7 @@ func TestSyncAt10kServicesStopsWhenCanceledOnTheKernel(t *testing.T) {
 func testStopDuringRestore(t *testing.T, v netfilter.Variant) {
 	topo := support.Build(t, topology.Scenario{Node: topology.Node{Name: nodeName, IPs: []string{"192.168.0.2"}}})
 	sc := scenario{}
-	c := newCluster(sc)
-	for i := range 10000 {
-		svc, sl := numberedService(i, false, tenEndpoints(i)...)
-		c.set("ns", svc.Name, svc, sl)
-	}
+	c := numberedCluster(sc, 10000, 10)
 	started := make(chan struct{}, 1)
 	run := func(ctx context.Context, name string, args ...string) *exec.Cmd {
 		if strings.HasSuffix(name, "-restore") {
