@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
@@ -24,6 +25,8 @@ type Config struct {
 	CgroupPath string
 	// MaxServices and MaxBackends size the maps (0: the defaults).
 	MaxServices, MaxBackends uint32
+	// CTMax is the connections from outside tracked at once (0: DefaultCTMax).
+	CTMax uint32
 	// Devices are the devices that face the outside (--devices, names or glob
 	// patterns); empty: those that carry a node address.
 	Devices []string
@@ -45,8 +48,16 @@ type Backend struct {
 	destroyer SocketDestroyer
 	nat       *natConfig
 	devices   *deviceSet
-	stop      context.CancelFunc // ends the device watch
+	gc        *ctGC
+	stop      context.CancelFunc // ends the device watch, the collector and the drop log
 }
+
+// How often expired connections leave ct_assured, and how often dropped
+// connections are logged (at most one line per reason each time).
+const (
+	ctGCInterval    = 30 * time.Second
+	dropLogInterval = 10 * time.Second
+)
 
 // NewBackend loads the programs, takes over the pinned maps an earlier agent left,
 // and attaches the hooks (replacing earlier programs in place, never detaching).
@@ -56,15 +67,15 @@ func NewBackend(cfg Config) (*Backend, error) {
 	if err := MountBPFFS(bpffsOf(cfg.PinDir)); err != nil {
 		return nil, err
 	}
-	objs, err := Load(LoadOptions{PinDir: cfg.PinDir, MaxServices: cfg.MaxServices, MaxBackends: cfg.MaxBackends})
+	objs, err := Load(LoadOptions{PinDir: cfg.PinDir, MaxServices: cfg.MaxServices, MaxBackends: cfg.MaxBackends, CTMax: cfg.CTMax})
 	if err != nil {
 		return nil, err
 	}
 	if err := objs.Attach(cfg.CgroupPath); err != nil {
 		return nil, fmt.Errorf("attaching to cgroup %s: %w (and %v)", cfg.CgroupPath, err, objs.Close())
 	}
-	nat := &natConfig{snat: NewKernelMap[uint32, tcSnatAddr](objs.TC.SNATAddrs), cidrs: NewKernelMap[tcCidrKey, uint8](objs.TC.ClusterCIDRs)}
-	if err := nat.setClusterCIDRs(cfg.ClusterCIDRs); err != nil {
+	nat := newNATConfig(&objs.TC)
+	if err := errors.Join(nat.setClusterCIDRs(cfg.ClusterCIDRs), nat.setPortRange()); err != nil {
 		return nil, errors.Join(err, objs.Close())
 	}
 	tc, err := NewTCAttacher(cfg.PinDir, cfg.TCMode)
@@ -77,6 +88,7 @@ func NewBackend(cfg Config) (*Backend, error) {
 	}
 	b := &Backend{
 		cfg: cfg, objs: objs, destroyer: SocketDestroyer{Cgroup: cfg.CgroupPath}, nat: nat, devices: devices,
+		gc: newCTGC(kernelMap[tcCtKey, tcCtVal]{objs.TC.CTAssured}),
 		writer: NewWriter(NewKernelMap[sockSvcKey, sockSvcVal](objs.Services), NewKernelMap[uint32, sockBackend](objs.Backends),
 			NewKernelMap[tcRangeKey, uint8](objs.TC.SourceRanges)),
 	}
@@ -98,6 +110,8 @@ func NewBackend(cfg Config) (*Backend, error) {
 // namespace, the one NewBackend runs in.
 func (b *Backend) watchDevices() error {
 	ctx, cancel := context.WithCancel(context.Background())
+	go b.gc.run(ctx, ctGCInterval)
+	go logDrops(ctx, b.objs.TC.Events, dropLogInterval)
 	notify := func() {
 		if err := b.devices.sync(false); err != nil {
 			klog.ErrorS(err, "Attaching the tc programs to the node's devices")
@@ -119,6 +133,8 @@ func (b *Backend) pressure() prometheus.Collector {
 		svcs, bes := b.writer.Entries()
 		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, float64(svcs)/float64(b.objs.Services.MaxEntries()), "services")
 		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, float64(bes)/float64(b.objs.Backends.MaxEntries()), "backends")
+		// As of the collector's last pass: established connections from outside.
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, float64(b.gc.entries.Load())/float64(b.objs.TC.CTAssured.MaxEntries()), mapCTAssured)
 	}}
 }
 
@@ -158,6 +174,9 @@ func (b *Backend) Sync(ctx context.Context, st *dataplane.State, changes *datapl
 // devices (all of them again with full).
 func (b *Backend) syncNode(st *dataplane.State, full bool) error {
 	err := b.nat.setNodeIPs(st.Node.IPs, full)
+	if full { // the node's ephemeral port range may have changed
+		err = errors.Join(err, runInNetns(b.devices.ns, b.nat.setPortRange))
+	}
 	b.devices.setNodeIPs(st.Node.IPs)
 	return errors.Join(err, b.devices.sync(full))
 }

@@ -52,11 +52,12 @@ func TestBackendWritesKernelMaps(t *testing.T) {
 	}
 	wantEndpoints(t, "a service the writer programmed", endpoints(t, "writer", res), pod1TCP, pod2TCP)
 	// services: 2 service entries, 2 slots, 2 cluster IP address entries, each
-	// for the socket and the outside scope = 12 of 64.
+	// for the socket and the outside scope = 12 of 64; no connection from outside yet.
 	want := `
 # HELP switchyard_bpf_map_pressure Fill ratio of a BPF map (entries / max entries)
 # TYPE switchyard_bpf_map_pressure gauge
 switchyard_bpf_map_pressure{map_name="backends"} 0.03125
+switchyard_bpf_map_pressure{map_name="ct_assured"} 0
 switchyard_bpf_map_pressure{map_name="services"} 0.1875
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "switchyard_bpf_map_pressure"); err != nil {

@@ -22,6 +22,9 @@ import (
 const (
 	DefaultMaxServices = 262144 // service entries plus backend slots
 	DefaultMaxBackends = 262144
+	// DefaultCTMax is the connections from outside tracked at once (--bpf-ct-max), as
+	// kube-proxy's smallest conntrack limit (--conntrack-min); each takes two entries.
+	DefaultCTMax = 131072
 )
 
 // Map names in sock.c and tc.c, also their pin file names.
@@ -30,17 +33,23 @@ const (
 	mapBackends       = "backends"
 	mapRevNAT         = "revnat"
 	mapAffinity       = "affinity"
-	mapCT             = "ct"
+	mapCTAssured      = "ct_assured"
+	mapCTLRU          = "ct_lru"
 	mapClientAffinity = "client_affinity"
 	mapSourceRanges   = "source_ranges"
 	mapClusterCIDRs   = "cluster_cidrs"
 	mapSNATAddrs      = "snat_addrs"
+	mapSNATPorts      = "snat_ports"
 	mapTCEvents       = "lb_events"
 	mapTCScratch      = "scratch"
+	mapFlowTmp        = "flow_tmp"
 )
 
-var mapNames = []string{mapServices, mapBackends, mapRevNAT, mapAffinity,
-	mapCT, mapClientAffinity, mapSourceRanges, mapClusterCIDRs, mapSNATAddrs, mapTCEvents}
+var mapNames = []string{mapServices, mapBackends, mapRevNAT, mapAffinity, mapCTAssured, mapCTLRU,
+	mapClientAffinity, mapSourceRanges, mapClusterCIDRs, mapSNATAddrs, mapSNATPorts, mapTCEvents}
+
+// legacyPins are what earlier versions pinned and this one no longer uses: Unpin removes them.
+var legacyPins = []string{"ct"}
 
 // LoadOptions configure Load.
 type LoadOptions struct {
@@ -51,6 +60,9 @@ type LoadOptions struct {
 	// MaxServices and MaxBackends size the services and backends maps; 0 means the default.
 	// A pinned map of another size is not reused: Load fails and says so.
 	MaxServices, MaxBackends uint32
+	// CTMax is the connections from outside the tc programs track at once (0: DefaultCTMax):
+	// both connection-tracking maps get two entries per connection.
+	CTMax uint32
 }
 
 // Objects are the loaded programs and maps.
@@ -74,18 +86,20 @@ type tcOwn struct {
 	ExtIngress     *ebpf.Program `ebpf:"ext_ingress"`
 	ExtEgress      *ebpf.Program `ebpf:"ext_egress"`
 	PodIngress     *ebpf.Program `ebpf:"pod_ingress"`
-	CT             *ebpf.Map     `ebpf:"ct"`              // tcCtKey -> tcCtVal (LRU)
+	CTAssured      *ebpf.Map     `ebpf:"ct_assured"`      // tcCtKey -> tcCtVal: established flows
+	CTLRU          *ebpf.Map     `ebpf:"ct_lru"`          // tcCtKey -> tcCtVal (LRU): the others
 	ClientAffinity *ebpf.Map     `ebpf:"client_affinity"` // tcClientAffinityKey -> tcAffinityVal (LRU)
 	SourceRanges   *ebpf.Map     `ebpf:"source_ranges"`   // tcRangeKey -> uint8 (LPM)
 	ClusterCIDRs   *ebpf.Map     `ebpf:"cluster_cidrs"`   // tcCidrKey -> uint8 (LPM)
 	SNATAddrs      *ebpf.Map     `ebpf:"snat_addrs"`      // 0: IPv4, 1: IPv6 -> tcSnatAddr
+	SNATPorts      *ebpf.Map     `ebpf:"snat_ports"`      // 0 -> tcSnatPorts
 	Events         *ebpf.Map     `ebpf:"lb_events"`       // per-CPU counters, see TCEvents
 }
 
 func (t *tcOwn) close() error {
 	var errs []error
 	for _, c := range []interface{ Close() error }{t.ExtIngress, t.ExtEgress, t.PodIngress,
-		t.CT, t.ClientAffinity, t.SourceRanges, t.ClusterCIDRs, t.SNATAddrs, t.Events} {
+		t.CTAssured, t.CTLRU, t.ClientAffinity, t.SourceRanges, t.ClusterCIDRs, t.SNATAddrs, t.SNATPorts, t.Events} {
 		errs = append(errs, c.Close()) // nil-safe: Load may have failed half-way
 	}
 	return errors.Join(errs...)
@@ -108,6 +122,12 @@ func Load(opts LoadOptions) (*Objects, error) {
 			tcSpec.Maps[name].MaxEntries = n // a replacement must match its spec
 		}
 	}
+	ct := opts.CTMax
+	if ct == 0 {
+		ct = DefaultCTMax
+	}
+	tcSpec.Maps[mapCTAssured].MaxEntries = 2 * ct
+	tcSpec.Maps[mapCTLRU].MaxEntries = 2 * ct
 	var co ebpf.CollectionOptions
 	if opts.PinDir != "" {
 		if err := os.MkdirAll(opts.PinDir, 0o700); err != nil {
@@ -117,7 +137,7 @@ func Load(opts LoadOptions) (*Objects, error) {
 			m.Pinning = ebpf.PinByName
 		}
 		for name, m := range tcSpec.Maps {
-			if name != mapTCScratch { // per-CPU scratch space: nothing to keep
+			if name != mapTCScratch && name != mapFlowTmp { // per-CPU scratch space: nothing to keep
 				m.Pinning = ebpf.PinByName
 			}
 		}
@@ -165,7 +185,7 @@ func (o *Objects) Close() error {
 // are not an error, so Unpin also finishes a half-done cleanup.
 func Unpin(pinDir string) error {
 	var errs []error
-	names := slices.Clone(mapNames)
+	names := append(slices.Clone(mapNames), legacyPins...)
 	for _, h := range hooks {
 		names = append(names, linkPinName(h.name))
 	}

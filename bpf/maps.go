@@ -45,16 +45,39 @@ func (k kernelMap[K, V]) Delete(key K) error {
 
 func (k kernelMap[K, V]) All() (map[K]V, error) {
 	out := map[K]V{}
+	if err := k.Each(func(key K, val V) bool { out[key] = val; return true }); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Each calls fn for every entry until it returns false.
+func (k kernelMap[K, V]) Each(fn func(K, V) bool) error {
 	var key K
 	var val V
 	it := k.m.Iterate()
 	for it.Next(&key, &val) {
-		out[key] = val
+		if !fn(key, val) {
+			return nil
+		}
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("map %s: iterate: %w", k.m.String(), err)
+		return fmt.Errorf("map %s: iterate: %w", k.m.String(), err)
 	}
-	return out, nil
+	return nil
+}
+
+// Get looks up one key; ok is false when it is not there.
+func (k kernelMap[K, V]) Get(key K) (V, bool, error) {
+	var v V
+	err := k.m.Lookup(&key, &v)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return v, false, nil
+	}
+	if err != nil {
+		return v, false, fmt.Errorf("map %s: lookup: %w", k.m.String(), err)
+	}
+	return v, true, nil
 }
 
 // FakeMap keeps real state like a BPF hash map, with a capacity, and can fail
@@ -104,6 +127,25 @@ func (f *FakeMap[K, V]) All() (map[K]V, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return maps.Clone(f.entries), nil
+}
+
+// Each calls fn for every entry (of a snapshot) until it returns false.
+func (f *FakeMap[K, V]) Each(fn func(K, V) bool) error {
+	all, _ := f.All()
+	for k, v := range all {
+		if !fn(k, v) {
+			break
+		}
+	}
+	return nil
+}
+
+// Get looks up one key.
+func (f *FakeMap[K, V]) Get(k K) (V, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	v, ok := f.entries[k]
+	return v, ok, nil
 }
 
 // Len is the number of entries.

@@ -15,7 +15,9 @@ const (
 	protoTCP    = 6
 	protoUDP    = 17
 	protoICMPv6 = 58
+	tcpFIN      = 0x01
 	tcpSYN      = 0x02
+	tcpRST      = 0x04
 	tcpACK      = 0x10
 )
 
@@ -30,6 +32,9 @@ type pkt struct {
 	icmpType, icmpCode uint8
 	inner              []byte
 	noUDPCsum          bool // IPv4 UDP sent without a checksum (0)
+	// TCP: sequence and acknowledgment numbers (seq 0 is sent as 1000), and a
+	// timestamp option with this TSval when non-zero.
+	seq, ack, tsval uint32
 }
 
 func csum(sum uint32, b []byte) uint32 {
@@ -86,7 +91,17 @@ func (p pkt) l4(v6 bool) []byte {
 	case protoTCP:
 		b = make([]byte, 20)
 		b[12], b[13], csumAt = 5<<4, p.tcpFlags, 16
-		binary.BigEndian.PutUint32(b[4:], 1000) // seq
+		seq := p.seq
+		if seq == 0 {
+			seq = 1000
+		}
+		binary.BigEndian.PutUint32(b[4:], seq)
+		binary.BigEndian.PutUint32(b[8:], p.ack)
+		if p.tsval != 0 { // NOP, NOP, timestamp (kind 8, length 10, TSval, TSecr), as Linux sends it
+			b[12] = 8 << 4
+			b = append(b, 1, 1, 8, 10, 0, 0, 0, 0, 0, 0, 0, 0)
+			binary.BigEndian.PutUint32(b[24:], p.tsval)
+		}
 	case protoUDP:
 		b, csumAt = make([]byte, 8), 6
 	default: // ICMP / ICMPv6

@@ -402,7 +402,7 @@ func (e *env) testAffinity(t *testing.T) {
 		id   uint32
 		want string
 	}{{beP2TCP, pod2TCP}, {beP1TCP, pod1TCP}, {beP2TCP, pod2TCP}} {
-		planted := monotonicNow(t) - uint64(50*time.Second)
+		planted := monotonicNow() - uint64(50*time.Second)
 		e.putAffinity(t, key, c.id, planted)
 		wantEndpoints(t, "planted affinity", endpoints(t, svcAff, e.probe(t, ns, "tcp", svcAff, 2, time.Second)), c.want)
 		var v sockAffinityVal
@@ -414,7 +414,7 @@ func (e *env) testAffinity(t *testing.T) {
 	// Expired (older than the 60 s timeout): a fresh random pick, so sooner or later the other one.
 	moved := false
 	for i := 0; i < 20 && !moved; i++ {
-		e.putAffinity(t, key, beP1TCP, monotonicNow(t)-uint64(61*time.Second))
+		e.putAffinity(t, key, beP1TCP, monotonicNow()-uint64(61*time.Second))
 		r := e.probe(t, ns, "tcp", svcAff, 1, time.Second)[0]
 		moved = r.Result == "ok" && r.Endpoint == pod2TCP
 	}
@@ -422,7 +422,7 @@ func (e *env) testAffinity(t *testing.T) {
 		t.Errorf("an expired affinity entry was still followed 20 times")
 	}
 	// The backend left the service: the live entry naming it is ignored and replaced.
-	e.putAffinity(t, key, beP1TCP, monotonicNow(t))
+	e.putAffinity(t, key, beP1TCP, monotonicNow())
 	putService(t, e.objs, svcAff, unix.IPPROTO_TCP, sockSvcVal{SvcId: idAff, AffinityTimeout: 60}, beP2TCP)
 	wantEndpoints(t, "backend gone", endpoints(t, svcAff, e.probe(t, ns, "tcp", svcAff, 3, time.Second)), pod2TCP)
 	var v sockAffinityVal
@@ -456,15 +456,6 @@ func (e *env) putAffinity(t *testing.T, k sockAffinityKey, backend uint32, lastU
 	if err := e.objs.Affinity.Put(&k, &sockAffinityVal{BackendId: backend, LastUsedNs: lastUsed}); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// monotonicNow is bpf_ktime_get_ns's clock.
-func monotonicNow(t *testing.T) uint64 {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		t.Fatal(err)
-	}
-	return uint64(ts.Nano())
 }
 
 // TestRestart shows the dataplane outlives its loader: closing the objects leaves the programs

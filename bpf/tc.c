@@ -56,17 +56,22 @@
 #define TCP_RST 0x04
 #define TCP_ACK 0x10
 
+/* TCP options: at most 40 bytes; the timestamp option is kind 8, 10 bytes long. */
+#define TCP_OPT_MAX 40
+#define TCP_OPT_SCAN 10
+#define TCPOPT_EOL 0
+#define TCPOPT_NOP 1
+#define TCPOPT_TS 8
+#define TCPOLEN_TS 10
+
 /*
- * SNAT source ports: 1024-29999 and 61000-65535, around the kernel's default ephemeral range
- * (32768-60999, where the node's own connections get their ports, which no lookup could see
- * coming) and the default NodePort range. A port a local socket holds towards the backend (or
- * listens on) is skipped.
+ * Masquerade source ports are drawn at random from the ports the node's own connections never
+ * get: 1024-65535 outside net.ipv4.ip_local_port_range (the Go side reads it into snat_ports),
+ * and a port a local socket holds towards the backend (or listens on) is skipped. The search is
+ * bounded: a port is free, or held by a flow that is gone, or by a closed flow whose tuple the
+ * new connection may take over (see may_take_over).
  */
-#define SNAT_LOW_MIN 1024
-#define SNAT_LOW_SPAN (30000 - 1024)
-#define SNAT_HIGH_MIN 61000
-#define SNAT_SPAN (SNAT_LOW_SPAN + 65536 - 61000)
-#define SNAT_TRIES 16
+#define SNAT_TRIES 24
 
 /* One direction of a translated flow, as seen on the wire before translation. */
 struct ct_key {
@@ -95,8 +100,16 @@ struct ct_val {
 	__u8 fin_fwd;
 	__u8 fin_rev;
 	__u8 rst;
-	__u8 closed; /* RST, or FIN both ways and the last ACK */
-	__u8 pad[2];
+	__u8 closed;	 /* RST, or FIN both ways and the last ACK */
+	__u8 backend_tw; /* the backend sent its FIN before it had the client's: it holds TIME_WAIT */
+	__u8 fwd_known;	 /* fwd_end is set */
+	/* From the client's packets once the flow started closing: what the backend's TIME_WAIT
+	 * socket will check a SYN on the same tuple against (its rcv_nxt and ts_recent). */
+	__u32 fwd_end; /* host order: after the client's last byte and its FIN */
+	__u32 fwd_ts;  /* host order: the newest timestamp (TSval) */
+	__u8 has_ts;   /* fwd_ts is set */
+	__u8 unprotected; /* established while ct_assured was full: left in ct_lru */
+	__u8 pad[6];
 	/* forward entries: bpf_ktime_get_ns() after which the flow is gone; reply entries: until
 	 * when a replaced flow's backend holds the port in TIME_WAIT (0: not) */
 	__u64 expires;
@@ -124,13 +137,29 @@ struct snat_addr {
 	__u8 addr[16];
 };
 
-/* LRU: a flow's entries age out when the map is full; nobody deletes them. */
+/*
+ * Connection tracking, both directions of a flow in one of two maps, as conntrack keeps what it
+ * may evict apart from what it never does. A flow starts in ct_lru; once it is established (TCP:
+ * the client's ACK after the backend answered; UDP: the client sends again after a reply) both
+ * entries move to ct_assured, a plain hash map that nothing evicts: the Go side deletes entries
+ * that expired (bpf/ctgc.go). When the flow closes it moves back to ct_lru. So under any churn
+ * the kernel evicts only flows not yet established or already closed (conntrack's early drop),
+ * never an idle established connection. Both hold 2 x --bpf-ct-max entries (set by the loader).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ct_key);
+	__type(value, struct ct_val);
+} ct_assured SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 262144);
 	__type(key, struct ct_key);
 	__type(value, struct ct_val);
-} ct SEC(".maps");
+} ct_lru SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -165,6 +194,42 @@ struct {
 	__type(value, struct snat_addr);
 } snat_addrs SEC(".maps");
 
+/* What a TCP segment says of itself, read only where needed (closing, and new SYNs). */
+struct tcp_seg {
+	__u32 seq, ack; /* host order */
+	__u32 end;	/* seq + payload + SYN + FIN */
+	__u32 tsval;
+	__u8 has_ts;
+};
+
+/* A new flow's temporaries: too big for the stack on top of the established path's frame. */
+struct flow_tmp {
+	struct ct_val fv, rv; /* the forward and reply entries being written */
+	struct ct_key rk, fk; /* the reply key, and the forward key of a port's old holder */
+	struct tcp_seg syn;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct flow_tmp);
+} flow_tmp SEC(".maps");
+
+/* The masquerade source ports: low_min.. and high_min.., low_span and high_span ports. */
+struct snat_ports {
+	__u32 low_min, low_span;
+	__u32 high_min, high_span;
+};
+
+/* Written by the Go side from the node's ip_local_port_range; zero spans: no ports. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct snat_ports);
+} snat_ports SEC(".maps");
+
 /* Counters by event, for switchyard_bpf_tc_events_total: a drop or refusal here is otherwise
  * invisible. Keep in sync with tcEvents in bpf/tcstats.go. */
 enum {
@@ -176,6 +241,7 @@ enum {
 	EV_DROP_NO_PORT,
 	EV_TO_STACK,
 	EV_ERROR,
+	EV_CT_FULL,
 	EV_MAX,
 };
 
@@ -232,6 +298,7 @@ struct scratch {
 			struct bpf_fib_lookup fib;
 			struct bpf_redir_neigh nh;
 		} fwd;
+		__u8 opts[64]; /* TCP options (TCP_OPT_MAX), with room for masked indexes */
 	};
 };
 
@@ -273,6 +340,7 @@ struct pkt {
 	int v6;
 	__u32 l3; /* offset of the IP header */
 	__u32 l4; /* offset of the TCP/UDP/ICMP header */
+	__u32 l4_len; /* bytes from there to the end of the IP packet */
 	__u8 proto;
 	__u8 tcp_flags;
 	struct ct_key t;
@@ -299,12 +367,14 @@ static __always_inline int parse_ip(struct __sk_buff *skb, struct pkt *p)
 			__u32 saddr, daddr;
 		} ip;
 
-		if (bpf_skb_load_bytes(skb, p->l3, &ip, sizeof(ip)) < 0 || ip.vihl != 0x45)
+		if (bpf_skb_load_bytes(skb, p->l3, &ip, sizeof(ip)) < 0 || ip.vihl != 0x45 ||
+		    bpf_ntohs(ip.len) < IP4_HLEN)
 			return 0;
 		if (ip.frag & bpf_htons(0x1fff)) /* a later fragment: no ports to match */
 			return 0;
 		p->proto = ip.proto;
 		p->l4 = p->l3 + IP4_HLEN;
+		p->l4_len = bpf_ntohs(ip.len) - IP4_HLEN;
 		map4(p->t.saddr, ip.saddr);
 		map4(p->t.daddr, ip.daddr);
 		return 1;
@@ -320,6 +390,7 @@ static __always_inline int parse_ip(struct __sk_buff *skb, struct pkt *p)
 		return 0;
 	p->proto = ip6.next;
 	p->l4 = p->l3 + IP6_HLEN;
+	p->l4_len = bpf_ntohs(ip6.len);
 	__builtin_memcpy(p->t.saddr, ip6.saddr, 16);
 	__builtin_memcpy(p->t.daddr, ip6.daddr, 16);
 	return 1;
@@ -334,6 +405,80 @@ static __always_inline int load_ports(struct __sk_buff *skb, __u32 off, struct c
 	t->sport = ports[0];
 	t->dport = ports[1];
 	return 1;
+}
+
+
+/* Walking the TCP options in the scratch space, one option a step (scan_opt). */
+struct opt_scan {
+	__u32 i, len; /* offset of the next option, and where they end */
+	__u32 tsval;
+	int found;
+};
+
+/*
+ * One step of the walk: bpf_loop verifies it once, where an unrolled loop would multiply the
+ * verifier's states by every path into it.
+ */
+static long scan_opt(__u32 n, void *data)
+{
+	struct opt_scan *s = data;
+	__u32 zero = 0, i = s->i;
+	struct scratch *sc = bpf_map_lookup_elem(&scratch, &zero);
+	__u8 kind, olen;
+
+	if (!sc || i >= s->len || i >= TCP_OPT_MAX)
+		return 1;
+	kind = sc->opts[i & 63];
+	if (kind == TCPOPT_EOL)
+		return 1;
+	if (kind == TCPOPT_NOP) {
+		s->i = i + 1;
+		return 0;
+	}
+	if (i + 1 >= s->len)
+		return 1;
+	olen = sc->opts[(i + 1) & 63];
+	if (kind == TCPOPT_TS && olen == TCPOLEN_TS && i + TCPOLEN_TS <= s->len) {
+		s->tsval = (__u32)sc->opts[(i + 2) & 63] << 24 | (__u32)sc->opts[(i + 3) & 63] << 16 |
+			   (__u32)sc->opts[(i + 4) & 63] << 8 | sc->opts[(i + 5) & 63];
+		s->found = 1;
+		return 1;
+	}
+	if (olen < 2)
+		return 1;
+	s->i = i + olen;
+	return 0;
+}
+
+/* Reads what tcp_seg says of the TCP segment at p->l4 (its timestamp from the options). */
+static __always_inline int load_seg(struct __sk_buff *skb, const struct pkt *p, struct tcp_seg *s)
+{
+	__u8 h[10]; /* seq, ack, data offset, flags */
+	struct scratch *sc;
+	__u32 seq, ack, hlen, optlen;
+
+	if (bpf_skb_load_bytes(skb, p->l4 + 4, h, sizeof(h)) < 0)
+		return -1;
+	hlen = (h[8] >> 4) * 4;
+	if (hlen < 20 || hlen > p->l4_len)
+		return -1;
+	__builtin_memcpy(&seq, h, 4);
+	__builtin_memcpy(&ack, h + 4, 4);
+	s->seq = bpf_ntohl(seq);
+	s->ack = bpf_ntohl(ack);
+	s->end = s->seq + (p->l4_len - hlen) + !!(h[9] & TCP_SYN) + !!(h[9] & TCP_FIN);
+	optlen = hlen - 20;
+	if (!optlen || optlen > TCP_OPT_MAX)
+		return 0;
+	sc = get_scratch();
+	if (!sc || bpf_skb_load_bytes(skb, p->l4 + 20, sc->opts, optlen) < 0)
+		return 0;
+	struct opt_scan scan = {.len = optlen};
+
+	bpf_loop(TCP_OPT_SCAN, scan_opt, &scan, 0);
+	s->has_ts = scan.found;
+	s->tsval = scan.tsval;
+	return 0;
 }
 
 static __always_inline __u32 l4_csum_off(const struct pkt *p)
@@ -663,17 +808,30 @@ static __always_inline int in_ranges(__u32 svc_id, const __u8 addr[16])
 
 /* ---- flows ---- */
 
-/* The forward entry a reply entry belongs to: the reply's rewrite turned around. */
-static __always_inline struct ct_val *flow_of(const struct ct_val *rv, __u8 proto)
+/* The entry for k, in either map; *assured says which. */
+static __always_inline struct ct_val *ct_get(const struct ct_key *k, int *assured)
 {
-	struct ct_key fk = {};
+	struct ct_val *v = bpf_map_lookup_elem(&ct_assured, k);
 
-	__builtin_memcpy(fk.saddr, rv->daddr, 16);
-	__builtin_memcpy(fk.daddr, rv->saddr, 16);
-	fk.sport = rv->dport;
-	fk.dport = rv->sport;
-	fk.proto = proto;
-	return bpf_map_lookup_elem(&ct, &fk);
+	*assured = v != 0;
+	return v ? v : bpf_map_lookup_elem(&ct_lru, k);
+}
+
+/* The key of the other direction of an entry: its rewrite turned around. */
+static __always_inline void turn(struct ct_key *k, const struct ct_val *v, __u8 proto)
+{
+	__builtin_memcpy(k->saddr, v->daddr, 16);
+	__builtin_memcpy(k->daddr, v->saddr, 16);
+	k->sport = v->dport;
+	k->dport = v->sport;
+	k->proto = proto;
+}
+
+/* The forward entry a reply entry belongs to (its key in fk). */
+static __always_inline struct ct_val *flow_of(const struct ct_val *rv, __u8 proto, struct ct_key *fk, int *assured)
+{
+	turn(fk, rv, proto);
+	return ct_get(fk, assured);
 }
 
 /* The flow f still owns the reply tuple rk (and was not reopened with another one). */
@@ -688,16 +846,10 @@ static __always_inline int alive(const struct ct_val *f, __u64 now)
 	return (__s64)(f->expires - now) > 0;
 }
 
-/*
- * A closed connection may leave the backend with the masqueraded tuple in TIME_WAIT (it closed
- * first, or both FINs crossed), and it answers a SYN from another client, whose sequence number
- * and timestamp are unrelated, with an ACK of the old connection: that client retries a second
- * later. Which side closed first cannot be told from here when FINs cross, so, as conntrack
- * does, every closed flow keeps its tuple for TIME_WAIT. A reset ends TIME_WAIT.
- */
-static __always_inline int in_time_wait(const struct ct_val *f)
+/* Sequence numbers and timestamps wrap: a is after b. */
+static __always_inline int after32(__u32 a, __u32 b)
 {
-	return !f->rst;
+	return (__s32)(a - b) > 0;
 }
 
 /* Sets a state byte; writing only what changes keeps the entry's cache line shared. */
@@ -707,14 +859,122 @@ static __always_inline int in_time_wait(const struct ct_val *f)
 			(field) = 1;                                                               \
 	} while (0)
 
+
+/* ---- when a masquerade port may be used again ---- */
+
+/*
+ * A closed flow's tuple may go to a new connection when the backend has forgotten the old one,
+ * or will take the SYN for a new connection anyway. The backend holds the tuple in TIME_WAIT
+ * only if it sent its FIN before it had the client's (it closed first, or the FINs crossed); a
+ * reset ends TIME_WAIT. A TIME_WAIT socket accepts a SYN that is after what it received
+ * (tcp_timewait_state_process): a sequence number after its rcv_nxt, or, when both sides use
+ * timestamps, a TSval newer than the last one, and never an older TSval (PAWS). conntrack's
+ * nf_nat_used_tuple_harder checks the sequence number alone. A port whose holder fails this is
+ * left to it, and another is tried.
+ */
+static __always_inline int may_take_over(const struct ct_val *h, const struct tcp_seg *syn)
+{
+	if (!h->closed)
+		return 0;
+	if (h->rst || !h->backend_tw)
+		return 1;
+	if (!syn || !h->fwd_known)
+		return 0;
+	if (h->has_ts && syn->has_ts)
+		return after32(syn->tsval, h->fwd_ts) || (syn->tsval == h->fwd_ts && after32(syn->seq, h->fwd_end));
+	return after32(syn->seq, h->fwd_end);
+}
+
+/*
+ * The state that holds the port of reply entry r: the entry itself when a reopened flow left it
+ * holding the port for TIME_WAIT (keep_time_wait; *fk stays empty), else its flow if that still
+ * owns it. NULL: nobody.
+ */
+static __always_inline const struct ct_val *port_holder(const struct ct_val *r, const struct ct_key *rk,
+							 struct ct_key *fk, __u64 now)
+{
+	struct ct_val *f;
+	int assured;
+
+	if (r->expires)
+		return alive(r, now) ? r : 0;
+	f = flow_of(r, rk->proto, fk, &assured);
+	if (f && alive(f, now) && owns(f, rk))
+		return f;
+	fk->proto = 0;
+	return 0;
+}
+
+/* Forgets a flow from the client's side (its forward entry), in both maps. */
+static __always_inline void retire(const struct ct_key *fk)
+{
+	bpf_map_delete_elem(&ct_assured, fk);
+	bpf_map_delete_elem(&ct_lru, fk);
+}
+
+/*
+ * Before a new flow is written to ct_lru under fk: an entry under the same key in ct_assured
+ * (a flow whose backend went away, or that expired) would hide it. It goes, with the reply
+ * entry it owns, which frees that flow's port.
+ */
+static __always_inline void forget_assured(const struct ct_key *fk)
+{
+	struct ct_val *old = bpf_map_lookup_elem(&ct_assured, fk);
+	struct ct_key rk = {};
+	struct ct_val *r;
+
+	if (!old)
+		return;
+	if (!old->is_reply) {
+		turn(&rk, old, fk->proto);
+		r = bpf_map_lookup_elem(&ct_assured, &rk);
+		if (r && r->is_reply && owns(old, &rk))
+			bpf_map_delete_elem(&ct_assured, &rk);
+	}
+	bpf_map_delete_elem(&ct_assured, fk);
+}
+
+/* ---- following a flow ---- */
+
+/*
+ * Once the flow starts closing, remembers what a SYN taking over its tuple will be checked
+ * against: the client's last sequence number and timestamp, and whether the backend's first FIN
+ * came before it had the client's (its ACK does not cover the client's FIN): then the backend
+ * goes through TIME_WAIT.
+ */
+static __always_inline void track_close(struct __sk_buff *skb, struct ct_val *f, const struct pkt *p, int reply)
+{
+	struct tcp_seg s = {};
+
+	if (!(p->tcp_flags & TCP_FIN) && !f->fin_fwd && !f->fin_rev)
+		return;
+	if (load_seg(skb, p, &s) < 0)
+		return;
+	if (!reply) {
+		if (!f->fwd_known || after32(s.end, f->fwd_end)) {
+			f->fwd_end = s.end;
+			SET(f->fwd_known);
+		}
+		if (s.has_ts && (!f->has_ts || after32(s.tsval, f->fwd_ts))) {
+			f->fwd_ts = s.tsval;
+			SET(f->has_ts);
+		}
+		return;
+	}
+	if ((p->tcp_flags & TCP_FIN) && !f->fin_rev &&
+	    !(f->fin_fwd && f->fwd_known && !after32(f->fwd_end, s.ack)))
+		SET(f->backend_tw);
+}
+
 /* Follows a packet of flow f (reply: from the backend) through TCP's states. */
-static __always_inline void track(struct ct_val *f, const struct pkt *p, int reply, __u64 now)
+static __always_inline void track(struct __sk_buff *skb, struct ct_val *f, const struct pkt *p, int reply, __u64 now)
 {
 	__u64 life, want;
 
 	if (reply)
 		SET(f->seen_reply);
 	if (p->proto == IPPROTO_TCP) {
+		track_close(skb, f, p, reply);
 		/* Closed: reset, or the last ACK after both FINs (TIME_WAIT). Not at the second FIN:
 		 * its ACK is still to come, and a new flow on the port would meet LAST_ACK. */
 		if (p->tcp_flags & TCP_RST) {
@@ -731,7 +991,7 @@ static __always_inline void track(struct ct_val *f, const struct pkt *p, int rep
 		if (!f->closed)
 			life = f->seen_reply ? CT_TCP_NS : CT_SYN_NS;
 		else
-			life = in_time_wait(f) ? CT_TIME_WAIT_NS : CT_CLOSED_NS;
+			life = f->backend_tw && !f->rst ? CT_TIME_WAIT_NS : CT_CLOSED_NS;
 	} else {
 		life = f->seen_reply ? CT_UDP_STREAM_NS : CT_UDP_NS;
 	}
@@ -741,26 +1001,69 @@ static __always_inline void track(struct ct_val *f, const struct pkt *p, int rep
 		f->expires = want;
 }
 
+/* Copies both entries of flow f (forward key fk) from one map to the other. */
+static __always_inline int move_flow(void *from, void *to, const struct ct_key *fk, struct ct_val *f)
+{
+	struct ct_key rk = {};
+	struct ct_val *r;
+
+	turn(&rk, f, fk->proto);
+	r = bpf_map_lookup_elem(from, &rk);
+	if (!r || !r->is_reply || !owns(f, &rk))
+		return -1;
+	if (bpf_map_update_elem(to, &rk, r, BPF_ANY) < 0)
+		return -1;
+	if (bpf_map_update_elem(to, fk, f, BPF_ANY) < 0) {
+		bpf_map_delete_elem(to, &rk);
+		return -1;
+	}
+	bpf_map_delete_elem(from, fk);
+	bpf_map_delete_elem(from, &rk);
+	return 0;
+}
+
+/*
+ * A flow that just got established (the client spoke after the backend answered) moves to
+ * ct_assured, one that just closed back to ct_lru. When ct_assured is full the flow stays where
+ * eviction may take it, once, and is counted: --bpf-ct-max is too small.
+ */
+static __always_inline void settle(const struct ct_key *fk, struct ct_val *f, int assured, int reply)
+{
+	if (!assured && !reply && f->seen_reply && !f->closed && !f->unprotected) {
+		if (move_flow(&ct_lru, &ct_assured, fk, f) < 0) {
+			SET(f->unprotected);
+			count(EV_CT_FULL);
+		}
+	} else if (assured && f->closed) {
+		move_flow(&ct_assured, &ct_lru, fk, f);
+	}
+}
+
 /*
  * A flow reopened on the same client tuple gets a new masquerade port; if the backend still
  * holds the old one in TIME_WAIT, the old reply entry keeps it (its expires, unused otherwise)
- * until then, since the forward entry that said so is about to be replaced.
+ * with what a SYN taking it over is checked against, since the forward entry that said so is
+ * about to be replaced.
  */
 static __always_inline void keep_time_wait(const struct ct_val *f, __u8 proto)
 {
 	struct ct_key rk = {};
 	struct ct_val *r;
+	int assured;
 
-	if (!in_time_wait(f))
+	if (!f->backend_tw || f->rst)
 		return;
-	__builtin_memcpy(rk.saddr, f->daddr, 16);
-	__builtin_memcpy(rk.daddr, f->saddr, 16);
-	rk.sport = f->dport;
-	rk.dport = f->sport;
-	rk.proto = proto;
-	r = bpf_map_lookup_elem(&ct, &rk);
-	if (r && r->is_reply)
-		r->expires = f->expires;
+	turn(&rk, f, proto);
+	r = ct_get(&rk, &assured);
+	if (!r || !r->is_reply)
+		return;
+	r->closed = 1;
+	r->backend_tw = 1;
+	r->fwd_known = f->fwd_known;
+	r->fwd_end = f->fwd_end;
+	r->has_ts = f->has_ts;
+	r->fwd_ts = f->fwd_ts;
+	r->expires = f->expires;
 }
 
 /* A SYN on a flow that closed starts a new one, as conntrack reopens a connection. */
@@ -769,23 +1072,17 @@ static __always_inline int reopens(const struct ct_val *f, const struct pkt *p)
 	return p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN && f->closed;
 }
 
-/* A flow that holds its masquerade port: open, or closed with the backend in TIME_WAIT. */
-static __always_inline int holds_port(const struct ct_val *f, const struct ct_key *rk, __u64 now)
-{
-	return f && alive(f, now) && owns(f, rk) && (!f->closed || in_time_wait(f));
-}
+/* ---- masquerade ports ---- */
 
-/*
- * Picks a source port on the masquerade address for a flow to the backend in rk, one no flow
- * holds: free, expired, or closed by the client (the backend has forgotten it), as the kernel's
- * NAT reuses the tuple of a finished connection. Ports held only for a few seconds after a
- * close would run out at a few hundred new connections a second to one backend.
- */
-static __always_inline __u16 random_snat_port(void)
+static __always_inline int random_snat_port(const struct snat_ports *r, __u16 *port)
 {
-	__u32 r = bpf_get_prandom_u32() % SNAT_SPAN;
+	__u32 span = r->low_span + r->high_span, x;
 
-	return r < SNAT_LOW_SPAN ? SNAT_LOW_MIN + r : SNAT_HIGH_MIN + (r - SNAT_LOW_SPAN);
+	if (!span)
+		return 0;
+	x = bpf_get_prandom_u32() % span;
+	*port = x < r->low_span ? r->low_min + x : r->high_min + (x - r->low_span);
+	return 1;
 }
 
 /* A socket of the node owns the tuple rk's reply would arrive on (connected, or listening). */
@@ -819,30 +1116,59 @@ static __always_inline int local_socket(struct __sk_buff *skb, const struct ct_k
 }
 
 /*
- * Picks a source port on the masquerade address for a flow to the backend in rk, one no flow
- * holds: free, expired, or closed by a reset.
+ * Picks a source port on the masquerade address for a flow to the backend in rk and writes the
+ * flow's reply entry rv there: a port no entry has, or whose holder is gone or lets the new
+ * connection take it over (syn: the new connection's SYN, NULL for anything else). Taking over
+ * forgets the old flow's forward entry, as conntrack kills the old entry: a late packet of the
+ * old connection must not reach the new one's backend as if it belonged there.
  */
-static __always_inline int snat_port(struct __sk_buff *skb, struct ct_key *rk, const struct ct_val *rv, int v6,
-				     __u64 now)
+static __always_inline int snat_port(struct __sk_buff *skb, struct flow_tmp *t, int v6, __u64 now, int is_syn)
 {
-	for (int i = 0; i < SNAT_TRIES; i++) {
-		struct ct_val *old;
+	__u32 zero = 0;
+	struct snat_ports *range = bpf_map_lookup_elem(&snat_ports, &zero);
 
-		rk->dport = bpf_htons(random_snat_port());
-		if (local_socket(skb, rk, v6))
+	if (!range)
+		return -1;
+	for (int i = 0; i < SNAT_TRIES; i++) {
+		const struct ct_val *h;
+		struct ct_val *old;
+		__u16 port;
+		int assured;
+
+		if (!random_snat_port(range, &port))
+			return -1;
+		t->rk.dport = bpf_htons(port);
+		if (local_socket(skb, &t->rk, v6))
 			continue;
-		old = bpf_map_lookup_elem(&ct, rk);
+		old = ct_get(&t->rk, &assured);
 		if (!old) {
-			if (bpf_map_update_elem(&ct, rk, rv, BPF_NOEXIST) == 0)
+			if (bpf_map_update_elem(&ct_lru, &t->rk, &t->rv, BPF_NOEXIST) == 0)
 				return 0;
 			continue;
 		}
-		if ((old->expires && alive(old, now)) || holds_port(flow_of(old, rk->proto), rk, now))
+		if (!old->is_reply) /* a flow from the backend's own address and port: not ours */
 			continue;
-		if (bpf_map_update_elem(&ct, rk, rv, BPF_ANY) == 0)
+		__builtin_memset(&t->fk, 0, sizeof(t->fk));
+		h = port_holder(old, &t->rk, &t->fk, now);
+		if (h && !may_take_over(h, is_syn ? &t->syn : 0))
+			continue;
+		if (t->fk.proto)
+			retire(&t->fk);
+		if (assured)
+			bpf_map_delete_elem(&ct_assured, &t->rk);
+		if (bpf_map_update_elem(&ct_lru, &t->rk, &t->rv, BPF_ANY) == 0)
 			return 0;
 	}
 	return -1;
+}
+
+static __always_inline int is_zero(const __u8 a[16])
+{
+	__u64 hi, lo;
+
+	__builtin_memcpy(&hi, a, 8);
+	__builtin_memcpy(&lo, a + 8, 8);
+	return !(hi | lo);
 }
 
 /*
@@ -850,58 +1176,63 @@ static __always_inline int snat_port(struct __sk_buff *skb, struct ct_key *rk, c
  * be, SNATed to the node address when masq: returns the forward entry's rewrite in fv.
  */
 static __always_inline int open_flow(struct __sk_buff *skb, const struct pkt *p, __u32 backend_id,
-				     const struct backend *be, int masq,
-				     struct ct_val *fv)
+				     const struct backend *be, int masq, struct flow_tmp *t)
 {
-	struct ct_key rk = {};
-	struct ct_val rv = {};
+	struct ct_val *fv = &t->fv, *rv = &t->rv;
 	__u64 now = bpf_ktime_get_ns();
 
 	/* the reply: backend -> client (or node address), back to frontend -> client */
-	__builtin_memcpy(rk.saddr, be->addr, 16);
-	rk.sport = be->port;
-	rk.proto = p->proto;
-	__builtin_memcpy(rv.saddr, p->t.daddr, 16);
-	__builtin_memcpy(rv.daddr, p->t.saddr, 16);
-	rv.sport = p->t.dport;
-	rv.dport = p->t.sport;
-	rv.backend_id = backend_id;
-	rv.is_reply = 1;
+	__builtin_memcpy(t->rk.saddr, be->addr, 16);
+	t->rk.sport = be->port;
+	t->rk.proto = p->proto;
+	__builtin_memcpy(rv->saddr, p->t.daddr, 16);
+	__builtin_memcpy(rv->daddr, p->t.saddr, 16);
+	rv->sport = p->t.dport;
+	rv->dport = p->t.sport;
+	rv->backend_id = backend_id;
+	rv->is_reply = 1;
+	forget_assured(&p->t);
 	if (masq) {
 		__u32 family = p->v6 ? 1 : 0;
 		struct snat_addr *sa = bpf_map_lookup_elem(&snat_addrs, &family);
-		__u8 zero[16] = {};
+		int is_syn = p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
 
-		if (!sa || addr_eq(sa->addr, zero))
+		if (!sa || is_zero(sa->addr))
 			return -1;
-		__builtin_memcpy(rk.daddr, sa->addr, 16);
-		if (snat_port(skb, &rk, &rv, p->v6, now) < 0)
+		__builtin_memcpy(t->rk.daddr, sa->addr, 16);
+		if (is_syn && load_seg(skb, p, &t->syn) < 0)
+			is_syn = 0;
+		if (snat_port(skb, t, p->v6, now, is_syn) < 0)
 			return -1;
 	} else {
-		__builtin_memcpy(rk.daddr, p->t.saddr, 16);
-		rk.dport = p->t.sport;
-		if (bpf_map_update_elem(&ct, &rk, &rv, BPF_ANY) < 0)
+		__builtin_memcpy(t->rk.daddr, p->t.saddr, 16);
+		t->rk.dport = p->t.sport;
+		bpf_map_delete_elem(&ct_assured, &t->rk);
+		if (bpf_map_update_elem(&ct_lru, &t->rk, rv, BPF_ANY) < 0)
 			return -1;
 	}
-	__builtin_memcpy(fv->saddr, rk.daddr, 16);
-	fv->sport = rk.dport;
+	__builtin_memcpy(fv->saddr, t->rk.daddr, 16);
+	fv->sport = t->rk.dport;
 	__builtin_memcpy(fv->daddr, be->addr, 16);
 	fv->dport = be->port;
 	fv->backend_id = backend_id;
 	/* fv comes zeroed: a forward entry with no state yet */
-	track(fv, p, 0, now);
-	return bpf_map_update_elem(&ct, &p->t, fv, BPF_ANY);
+	track(skb, fv, p, 0, now);
+	return bpf_map_update_elem(&ct_lru, &p->t, fv, BPF_ANY);
 }
 
-/* A new connection to a frontend from outside: DNAT (and SNAT), REJECT, DROP, or not ours. */
-static __always_inline int new_flow(struct __sk_buff *skb, struct pkt *p)
+/*
+ * A new connection to a frontend from outside: DNAT (and SNAT), REJECT, DROP, or not ours. A
+ * function of its own (a BPF-to-BPF call): its stack and the established path's do not add up.
+ */
+static __noinline int new_flow(struct __sk_buff *skb, struct pkt *p)
 {
 	struct client_affinity_key ak = {};
 	struct svc_key key = {};
 	struct svc_val *svc;
 	struct backend *be;
-	struct ct_val fv = {};
-	__u32 backend_id;
+	struct flow_tmp *t;
+	__u32 backend_id, zero = 0;
 
 	__builtin_memcpy(key.addr, p->t.daddr, 16);
 	key.port = p->t.dport;
@@ -934,14 +1265,18 @@ static __always_inline int new_flow(struct __sk_buff *skb, struct pkt *p)
 	be = bpf_map_lookup_elem(&backends, &backend_id);
 	if (!be || is_v4_mapped(be->addr) == p->v6)
 		return reject(skb, p); /* no backend of the packet's family */
-	if (open_flow(skb, p, backend_id, be, svc->flags & SVC_F_MASQ, &fv) < 0) {
+	t = bpf_map_lookup_elem(&flow_tmp, &zero);
+	if (!t)
+		return fail_shot();
+	__builtin_memset(t, 0, sizeof(*t));
+	if (open_flow(skb, p, backend_id, be, svc->flags & SVC_F_MASQ, t) < 0) {
 		count(EV_DROP_NO_PORT); /* like a full conntrack table */
 		return TC_ACT_SHOT;
 	}
 	count(EV_NEW_FLOW);
-	if (nat_l4(skb, p, &fv) < 0)
+	if (nat_l4(skb, p, &t->fv) < 0)
 		return fail_shot();
-	return forward(skb, p, fv.daddr, fv.saddr);
+	return forward(skb, p, t->fv.daddr, t->fv.saddr);
 }
 
 /* A forward entry is only good while its backend still exists: else the flow starts over. */
@@ -968,13 +1303,14 @@ static __always_inline int icmp_is_error(int v6, __u8 type)
  * are the same host (and so get the same new address), as are the outer source, when it is not
  * a router on the path, and the inner destination.
  */
-static __always_inline int icmp_error(struct __sk_buff *skb, struct pkt *p)
+static __noinline int icmp_error(struct __sk_buff *skb, struct pkt *p)
 {
 	__u32 icsum = p->l4 + 2, in3 = p->l4 + 8, in4;
 	__u64 outer_flags = p->v6 ? BPF_F_PSEUDO_HDR : 0; /* ICMPv6 covers the outer addresses */
 	struct pkt in = {.v6 = p->v6, .l3 = in3};
 	struct ct_key k = {};
 	struct ct_val *v;
+	int assured;
 	__u8 type;
 
 	if (bpf_skb_load_bytes(skb, p->l4, &type, 1) < 0 || !icmp_is_error(p->v6, type))
@@ -989,7 +1325,7 @@ static __always_inline int icmp_error(struct __sk_buff *skb, struct pkt *p)
 	k.sport = in.t.dport;
 	k.dport = in.t.sport;
 	k.proto = in.proto;
-	v = bpf_map_lookup_elem(&ct, &k);
+	v = ct_get(&k, &assured);
 	if (!v)
 		return TC_ACT_OK;
 	struct ct_val nv = *v;
@@ -1021,6 +1357,42 @@ static __always_inline int icmp_error(struct __sk_buff *skb, struct pkt *p)
 
 /* ---- entry points ---- */
 
+#define NEW_FLOW (-1)
+
+/*
+ * A packet whose tuple has an entry v (in ct_assured if assured): translated as its flow says,
+ * or NEW_FLOW when it starts one (a SYN on a closed flow, a flow that expired or lost its
+ * backend). A function of its own, like new_flow: their stacks do not add up.
+ */
+static __noinline int known_flow(struct __sk_buff *skb, struct pkt *p, struct ct_val *v, int assured, int where)
+{
+	int external = where & 1, redirect = where & 2, reply = v->is_reply, f_assured;
+	struct ct_key fk = {};
+	struct ct_val *f, nv;
+	__u64 now = bpf_ktime_get_ns();
+
+	if (reply) {
+		f = flow_of(v, p->proto, &fk, &f_assured);
+	} else {
+		f = v;
+		fk = p->t;
+		f_assured = assured;
+	}
+	if (!reply && reopens(f, p)) {
+		count(EV_REOPEN);
+		keep_time_wait(f, p->proto);
+		return NEW_FLOW;
+	}
+	if (!f || !alive(f, now) || (reply && !owns(f, &p->t)) || (external && !reply && stale(f)))
+		return NEW_FLOW;
+	track(skb, f, p, reply, now);
+	nv = *v;
+	settle(&fk, f, f_assured, reply);
+	if (nat_l4(skb, p, &nv) < 0)
+		return fail_shot();
+	return redirect ? forward(skb, p, nv.daddr, nv.saddr) : TC_ACT_OK;
+}
+
 /*
  * external: the device faces the outside, so new connections are load-balanced here; on other
  * devices (pods') only packets of flows that exist are translated. redirect: translated packets
@@ -1029,8 +1401,8 @@ static __always_inline int icmp_error(struct __sk_buff *skb, struct pkt *p)
 static __always_inline int handle(struct __sk_buff *skb, int external, int redirect)
 {
 	struct pkt p = {.l3 = ETH_HLEN};
-	struct ct_val *v, *f;
-	__u64 now;
+	struct ct_val *v;
+	int assured;
 
 	if (skb->protocol == bpf_htons(ETH_P_IP))
 		p.v6 = 0;
@@ -1049,24 +1421,12 @@ static __always_inline int handle(struct __sk_buff *skb, int external, int redir
 	if (p.proto == IPPROTO_TCP && bpf_skb_load_bytes(skb, p.l4 + 13, &p.tcp_flags, 1) < 0)
 		return TC_ACT_OK;
 	p.t.proto = p.proto;
-	v = bpf_map_lookup_elem(&ct, &p.t);
+	v = ct_get(&p.t, &assured);
 	if (v) {
-		int reply = v->is_reply;
+		int ret = known_flow(skb, &p, v, assured, (external ? 1 : 0) | (redirect ? 2 : 0));
 
-		now = bpf_ktime_get_ns();
-		f = reply ? flow_of(v, p.proto) : v;
-		if (!reply && reopens(f, &p)) {
-			count(EV_REOPEN);
-			keep_time_wait(f, p.proto);
-		}
-		else if (f && alive(f, now) && (!reply || owns(f, &p.t)) && !(external && !reply && stale(f))) {
-			struct ct_val nv = *v;
-
-			track(f, &p, reply, now);
-			if (nat_l4(skb, &p, &nv) < 0)
-				return fail_shot();
-			return redirect ? forward(skb, &p, nv.daddr, nv.saddr) : TC_ACT_OK;
-		}
+		if (ret != NEW_FLOW)
+			return ret;
 	}
 	if (!external || !redirect)
 		return TC_ACT_OK;

@@ -52,20 +52,44 @@ type tcCtKey struct {
 }
 
 type tcCtVal struct {
-	_         structs.HostLayout
-	Saddr     [16]uint8
-	Daddr     [16]uint8
-	Sport     uint16
-	Dport     uint16
-	BackendId uint32
-	IsReply   uint8
-	SeenReply uint8
-	FinFwd    uint8
-	FinRev    uint8
-	Rst       uint8
-	Closed    uint8
-	Pad       [2]uint8
-	Expires   uint64
+	_           structs.HostLayout
+	Saddr       [16]uint8
+	Daddr       [16]uint8
+	Sport       uint16
+	Dport       uint16
+	BackendId   uint32
+	IsReply     uint8
+	SeenReply   uint8
+	FinFwd      uint8
+	FinRev      uint8
+	Rst         uint8
+	Closed      uint8
+	BackendTw   uint8
+	FwdKnown    uint8
+	FwdEnd      uint32
+	FwdTs       uint32
+	HasTs       uint8
+	Unprotected uint8
+	Pad         [6]uint8
+	Expires     uint64
+}
+
+type tcFlowTmp struct {
+	_   structs.HostLayout
+	Fv  tcCtVal
+	Rv  tcCtVal
+	Rk  tcCtKey
+	Fk  tcCtKey
+	Syn struct {
+		_     structs.HostLayout
+		Seq   uint32
+		Ack   uint32
+		End   uint32
+		Tsval uint32
+		HasTs uint8
+		_     [3]byte
+	}
+	_ [4]byte
 }
 
 type tcRangeKey struct {
@@ -103,6 +127,14 @@ type tcSnatAddr struct {
 	Addr [16]uint8
 }
 
+type tcSnatPorts struct {
+	_        structs.HostLayout
+	LowMin   uint32
+	LowSpan  uint32
+	HighMin  uint32
+	HighSpan uint32
+}
+
 type tcSvcKey struct {
 	_     structs.HostLayout
 	Addr  [16]uint8
@@ -130,11 +162,14 @@ const (
 	tcMapBackends       = "backends"
 	tcMapClientAffinity = "client_affinity"
 	tcMapClusterCidrs   = "cluster_cidrs"
-	tcMapCt             = "ct"
+	tcMapCtAssured      = "ct_assured"
+	tcMapCtLru          = "ct_lru"
+	tcMapFlowTmp        = "flow_tmp"
 	tcMapLbEvents       = "lb_events"
 	tcMapScratch        = "scratch"
 	tcMapServices       = "services"
 	tcMapSnatAddrs      = "snat_addrs"
+	tcMapSnatPorts      = "snat_ports"
 	tcMapSourceRanges   = "source_ranges"
 	tcProgExtEgress     = "ext_egress"
 	tcProgExtIngress    = "ext_ingress"
@@ -195,11 +230,14 @@ type tcMapSpecs struct {
 	Backends       *ebpf.MapSpec `ebpf:"backends"`
 	ClientAffinity *ebpf.MapSpec `ebpf:"client_affinity"`
 	ClusterCidrs   *ebpf.MapSpec `ebpf:"cluster_cidrs"`
-	Ct             *ebpf.MapSpec `ebpf:"ct"`
+	CtAssured      *ebpf.MapSpec `ebpf:"ct_assured"`
+	CtLru          *ebpf.MapSpec `ebpf:"ct_lru"`
+	FlowTmp        *ebpf.MapSpec `ebpf:"flow_tmp"`
 	LbEvents       *ebpf.MapSpec `ebpf:"lb_events"`
 	Scratch        *ebpf.MapSpec `ebpf:"scratch"`
 	Services       *ebpf.MapSpec `ebpf:"services"`
 	SnatAddrs      *ebpf.MapSpec `ebpf:"snat_addrs"`
+	SnatPorts      *ebpf.MapSpec `ebpf:"snat_ports"`
 	SourceRanges   *ebpf.MapSpec `ebpf:"source_ranges"`
 }
 
@@ -232,11 +270,14 @@ type tcMaps struct {
 	Backends       *ebpf.Map `ebpf:"backends"`
 	ClientAffinity *ebpf.Map `ebpf:"client_affinity"`
 	ClusterCidrs   *ebpf.Map `ebpf:"cluster_cidrs"`
-	Ct             *ebpf.Map `ebpf:"ct"`
+	CtAssured      *ebpf.Map `ebpf:"ct_assured"`
+	CtLru          *ebpf.Map `ebpf:"ct_lru"`
+	FlowTmp        *ebpf.Map `ebpf:"flow_tmp"`
 	LbEvents       *ebpf.Map `ebpf:"lb_events"`
 	Scratch        *ebpf.Map `ebpf:"scratch"`
 	Services       *ebpf.Map `ebpf:"services"`
 	SnatAddrs      *ebpf.Map `ebpf:"snat_addrs"`
+	SnatPorts      *ebpf.Map `ebpf:"snat_ports"`
 	SourceRanges   *ebpf.Map `ebpf:"source_ranges"`
 }
 
@@ -245,11 +286,14 @@ func (m *tcMaps) Close() error {
 		m.Backends,
 		m.ClientAffinity,
 		m.ClusterCidrs,
-		m.Ct,
+		m.CtAssured,
+		m.CtLru,
+		m.FlowTmp,
 		m.LbEvents,
 		m.Scratch,
 		m.Services,
 		m.SnatAddrs,
+		m.SnatPorts,
 		m.SourceRanges,
 	)
 }

@@ -44,8 +44,13 @@ type natEnv struct {
 
 func newNATEnv(t *testing.T) *natEnv {
 	t.Helper()
+	return newNATEnvWith(t, LoadOptions{MaxServices: 1024, MaxBackends: 1024})
+}
+
+func newNATEnvWith(t *testing.T, opts LoadOptions) *natEnv {
+	t.Helper()
 	topo := support.Build(t, scenario())
-	objs, err := Load(LoadOptions{MaxServices: 1024, MaxBackends: 1024})
+	objs, err := Load(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +64,10 @@ func newNATEnv(t *testing.T) *natEnv {
 	if err := w.Sync(context.Background(), tcState(), nil); err != nil {
 		t.Fatal(err)
 	}
-	nat := &natConfig{snat: NewKernelMap[uint32, tcSnatAddr](objs.TC.SNATAddrs), cidrs: NewKernelMap[tcCidrKey, uint8](objs.TC.ClusterCIDRs)}
+	nat := newNATConfig(&objs.TC)
+	if err := nat.setPortRange(); err != nil {
+		t.Fatal(err)
+	}
 	if err := nat.setNodeIPs([]netip.Addr{netip.MustParseAddr(nodeIP4), netip.MustParseAddr(nodeIP6)}, true); err != nil {
 		t.Fatal(err)
 	}
@@ -158,8 +166,8 @@ func want(t *testing.T, what string, got seen, ret uint32, wantRet uint32, wantP
 
 func snatPort(t *testing.T, s seen) uint16 {
 	t.Helper()
-	if p := s.src.Port(); p < 1024 || (p >= 30000 && p < 61000) {
-		t.Errorf("SNAT port %d is in the kernel's ephemeral range, the NodePort range or below 1024", p)
+	if p := s.src.Port(); p < 1024 || (p >= 32768 && p < 61000) {
+		t.Errorf("SNAT port %d is in the kernel's ephemeral range (32768-60999) or below 1024", p)
 	}
 	return s.src.Port()
 }

@@ -1,10 +1,13 @@
 package bpf
 
 import (
+	"context"
 	"fmt"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/klog/v2"
 )
 
 // tcEvents name the lb_events counters of tc.c, in its order.
@@ -17,6 +20,7 @@ var tcEvents = [...]string{
 	"drop_no_snat_port", // dropped: no free masquerade port towards the backend
 	"to_stack",          // translated, but left to the kernel's routing (no FIB result here)
 	"error",             // dropped: the packet could not be rewritten
+	"ct_full",           // an established connection left evictable: ct_assured is full (--bpf-ct-max)
 }
 
 // TCEvents sums the per-CPU counters.
@@ -51,4 +55,41 @@ func eventsCollector(m *ebpf.Map) prometheus.Collector {
 			ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(evs[name]), name)
 		}
 	}}
+}
+
+// dropEvents are the counters that mean a connection or packet was lost: each
+// rise is logged, at most once per interval and reason.
+var dropEvents = []string{"drop_no_snat_port", "ct_full", "error"}
+
+// logDrops logs what the drop counters gained every interval, until ctx ends:
+// a drop here is otherwise only a metric.
+func logDrops(ctx context.Context, events *ebpf.Map, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	last, _ := TCEvents(events)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now, err := TCEvents(events)
+		if err != nil {
+			klog.ErrorS(err, "Reading the tc programs' counters")
+			continue
+		}
+		for _, name := range dropEvents {
+			if d := now[name] - last[name]; d > 0 && last != nil {
+				klog.InfoS("Connections from outside the node dropped", "reason", name, "count", d, "in", interval,
+					"hint", dropHints[name])
+			}
+		}
+		last = now
+	}
+}
+
+var dropHints = map[string]string{
+	"drop_no_snat_port": "no free masquerade port towards a backend: too many new connections to one backend",
+	"ct_full":           "established connections may be evicted: raise --bpf-ct-max",
+	"error":             "packets the tc programs could not rewrite",
 }

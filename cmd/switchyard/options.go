@@ -28,6 +28,11 @@ var (
 
 const defaultBPFRoot = "/sys/fs/bpf/switchyard"
 
+// minCT and maxCT bound --bpf-ct-max: two entries a connection in each map,
+// ~150 bytes an entry; an LRU map hands out free entries to each CPU in batches
+// of 128, and a smaller one could refuse a CPU while others hold the rest.
+const minCT, maxCT = 1024, 1 << 24
+
 // options are the agent's flags, named and defaulted like kube-proxy's.
 type options struct {
 	kubeconfig         string
@@ -49,6 +54,7 @@ type options struct {
 	cgroupRoot         string
 	bpfMaxServices     uint32
 	bpfMaxBackends     uint32
+	bpfCTMax           uint32
 	devices            []string
 	tcAttach           string
 	iptablesVariant    string
@@ -70,6 +76,7 @@ func newOptions() *options {
 		bpfRoot:            defaultBPFRoot,
 		bpfMaxServices:     bpf.DefaultMaxServices,
 		bpfMaxBackends:     bpf.DefaultMaxBackends,
+		bpfCTMax:           bpf.DefaultCTMax,
 		tcAttach:           string(bpf.TCAuto),
 		iptablesVariant:    string(netfilter.VariantAuto),
 		masqueradeBit:      14,
@@ -97,6 +104,7 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.cgroupRoot, "cgroup-root", o.cgroupRoot, "eBPF mode: the cgroup v2 directory the socket hooks attach to (default: the cgroup v2 mount).")
 	fs.Uint32Var(&o.bpfMaxServices, "bpf-max-services", o.bpfMaxServices, "eBPF mode: entries in the services map (one per frontend, one per backend slot, one per cluster IP).")
 	fs.Uint32Var(&o.bpfMaxBackends, "bpf-max-backends", o.bpfMaxBackends, "eBPF mode: entries in the backends map (one per distinct endpoint address, port and protocol).")
+	fs.Uint32Var(&o.bpfCTMax, "bpf-ct-max", o.bpfCTMax, "eBPF mode: connections from outside the node tracked at once (established ones are never evicted; beyond this many, new ones may be).")
 	fs.StringSliceVar(&o.devices, "devices", o.devices, "eBPF mode: the devices that face the outside (names or glob patterns, like Cilium's --devices); NodePorts, externalIPs and LoadBalancer IPs are served to clients arriving there. Empty: the devices that carry a node address.")
 	fs.StringVar(&o.tcAttach, "bpf-tc-attach", o.tcAttach, "eBPF mode: how the tc programs attach: auto (tcx where the kernel has it, else clsact), tcx or clsact.")
 	fs.StringVar(&o.iptablesVariant, "iptables-variant", o.iptablesVariant, "iptables mode: the iptables binaries to use: nft, legacy, or auto (the one the node's rules are in, as kube-proxy's image decides).")
@@ -130,7 +138,7 @@ type agentConfig struct {
 	once             bool
 	bpfRoot          string
 	cgroupRoot       string    // "" means the cgroup v2 mount, found at start
-	bpfMaps          [2]uint32 // services, backends
+	bpfMaps          [3]uint32 // services, backends, connections tracked
 	devices          []string
 	tcMode           bpf.TCMode
 	iptVariant       netfilter.Variant
@@ -158,7 +166,10 @@ func (o *options) validate() (*agentConfig, error) {
 	if o.bpfMaxServices < 16 || o.bpfMaxBackends < 16 {
 		return nil, flagErr("bpf-max-services", "the map sizes must be at least 16 (got %d services, %d backends)", o.bpfMaxServices, o.bpfMaxBackends)
 	}
-	c.bpfMaps = [2]uint32{o.bpfMaxServices, o.bpfMaxBackends}
+	if o.bpfCTMax < minCT || o.bpfCTMax > maxCT {
+		return nil, flagErr("bpf-ct-max", "want %d to %d connections, got %d", minCT, maxCT, o.bpfCTMax)
+	}
+	c.bpfMaps = [3]uint32{o.bpfMaxServices, o.bpfMaxBackends, o.bpfCTMax}
 	switch m := bpf.TCMode(o.tcAttach); m {
 	case bpf.TCAuto, bpf.TCX, bpf.TCClsact:
 		c.tcMode = m
