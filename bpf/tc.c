@@ -1001,7 +1001,13 @@ static __always_inline void track(struct __sk_buff *skb, struct ct_val *f, const
 		f->expires = want;
 }
 
-/* Copies both entries of flow f (forward key fk) from one map to the other. */
+#define MOVE_NO_REPLY (-2)
+
+/*
+ * Moves both entries of flow f (forward key fk) from one map to the other: the forward entry
+ * first, so that the collector never finds the reply entry in ct_assured without its flow.
+ * MOVE_NO_REPLY: the reply entry is not there (evicted), nothing moved.
+ */
 static __always_inline int move_flow(void *from, void *to, const struct ct_key *fk, struct ct_val *f)
 {
 	struct ct_key rk = {};
@@ -1010,11 +1016,11 @@ static __always_inline int move_flow(void *from, void *to, const struct ct_key *
 	turn(&rk, f, fk->proto);
 	r = bpf_map_lookup_elem(from, &rk);
 	if (!r || !r->is_reply || !owns(f, &rk))
+		return MOVE_NO_REPLY;
+	if (bpf_map_update_elem(to, fk, f, BPF_ANY) < 0)
 		return -1;
-	if (bpf_map_update_elem(to, &rk, r, BPF_ANY) < 0)
-		return -1;
-	if (bpf_map_update_elem(to, fk, f, BPF_ANY) < 0) {
-		bpf_map_delete_elem(to, &rk);
+	if (bpf_map_update_elem(to, &rk, r, BPF_ANY) < 0) {
+		bpf_map_delete_elem(to, fk);
 		return -1;
 	}
 	bpf_map_delete_elem(from, fk);
@@ -1030,10 +1036,12 @@ static __always_inline int move_flow(void *from, void *to, const struct ct_key *
 static __always_inline void settle(const struct ct_key *fk, struct ct_val *f, int assured, int reply)
 {
 	if (!assured && !reply && f->seen_reply && !f->closed && !f->unprotected) {
-		if (move_flow(&ct_lru, &ct_assured, fk, f) < 0) {
+		int err = move_flow(&ct_lru, &ct_assured, fk, f);
+
+		if (err < 0)
 			SET(f->unprotected);
+		if (err == -1)
 			count(EV_CT_FULL);
-		}
 	} else if (assured && f->closed) {
 		move_flow(&ct_assured, &ct_lru, fk, f);
 	}
