@@ -27,6 +27,8 @@ type Config struct {
 	MaxServices, MaxBackends uint32
 	// CTMax is the connections from outside tracked at once (0: DefaultCTMax).
 	CTMax uint32
+	// NodePortRange is --node-port-range: masquerade ports stay out of it.
+	NodePortRange dataplane.PortRange
 	// Devices are the devices that face the outside (--devices, names or glob
 	// patterns); empty: those that carry a node address.
 	Devices []string
@@ -74,7 +76,7 @@ func NewBackend(cfg Config) (*Backend, error) {
 	if err := objs.Attach(cfg.CgroupPath); err != nil {
 		return nil, fmt.Errorf("attaching to cgroup %s: %w (and %v)", cfg.CgroupPath, err, objs.Close())
 	}
-	nat := newNATConfig(&objs.TC)
+	nat := newNATConfig(&objs.TC, cfg.NodePortRange)
 	if err := errors.Join(nat.setClusterCIDRs(cfg.ClusterCIDRs), nat.setPortRange()); err != nil {
 		return nil, errors.Join(err, objs.Close())
 	}

@@ -96,17 +96,19 @@ func TestCTGCDeletesWhatIsOver(t *testing.T) {
 }
 
 func TestSNATPortsLeaveTheEphemeralRange(t *testing.T) {
+	np := portSpan{30000, 32767}
 	for _, c := range []struct {
-		lo, hi uint16
-		want   tcSnatPorts
+		ephemeral, nodePorts portSpan
+		want                 tcSnatPorts
 	}{
-		{32768, 60999, tcSnatPorts{LowMin: 1024, LowSpan: 31744, HighMin: 61000, HighSpan: 4536}},
-		{1024, 65535, tcSnatPorts{}},
-		{1, 40000, tcSnatPorts{HighMin: 40001, HighSpan: 25535}},
-		{20000, 65535, tcSnatPorts{LowMin: 1024, LowSpan: 18976}},
+		{portSpan{32768, 60999}, np, tcSnatPorts{Min: [4]uint32{1024, 61000}, Span: [4]uint32{28976, 4536}}},
+		{portSpan{32768, 60999}, portSpan{1, 0}, tcSnatPorts{Min: [4]uint32{1024, 61000}, Span: [4]uint32{31744, 4536}}},
+		{portSpan{1024, 65535}, np, tcSnatPorts{}},
+		{portSpan{1, 40000}, np, tcSnatPorts{Min: [4]uint32{40001}, Span: [4]uint32{25535}}},
+		{portSpan{40000, 50000}, portSpan{20000, 22767}, tcSnatPorts{Min: [4]uint32{1024, 22768, 50001}, Span: [4]uint32{18976, 17232, 15535}}},
 	} {
-		if got := snatPortsFor(c.lo, c.hi); got != c.want {
-			t.Errorf("ephemeral %d-%d: %+v, want %+v", c.lo, c.hi, got, c.want)
+		if got := snatPortsFor(c.ephemeral, c.nodePorts); got != c.want {
+			t.Errorf("ephemeral %v, NodePorts %v: %+v, want %+v", c.ephemeral, c.nodePorts, got, c.want)
 		}
 	}
 	for _, bad := range []string{"", "1", "60999 32768", "x 2", "1 70000"} {

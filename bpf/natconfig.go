@@ -18,6 +18,8 @@ type natConfig struct {
 	snat  Map[uint32, tcSnatAddr]
 	ports Map[uint32, tcSnatPorts]
 	cidrs Map[tcCidrKey, uint8]
+	// nodePorts is --node-port-range: no masquerade port is taken from it.
+	nodePorts dataplane.PortRange
 
 	mu      sync.Mutex
 	written [2]netip.Addr // what the kernel holds, by family index
@@ -58,9 +60,9 @@ func (n *natConfig) setNodeIPs(ips []netip.Addr, force bool) error {
 	return nil
 }
 
-func newNATConfig(t *tcOwn) *natConfig {
+func newNATConfig(t *tcOwn, nodePorts dataplane.PortRange) *natConfig {
 	return &natConfig{snat: NewKernelMap[uint32, tcSnatAddr](t.SNATAddrs), ports: NewKernelMap[uint32, tcSnatPorts](t.SNATPorts),
-		cidrs: NewKernelMap[tcCidrKey, uint8](t.ClusterCIDRs)}
+		cidrs: NewKernelMap[tcCidrKey, uint8](t.ClusterCIDRs), nodePorts: nodePorts}
 }
 
 func familyIndex(a netip.Addr) int {
@@ -108,21 +110,46 @@ func cidrKey(p netip.Prefix) tcCidrKey {
 // not choose one (connect(), bind to port 0): the masquerade ports stay out of it.
 const localPortRange = "/proc/sys/net/ipv4/ip_local_port_range"
 
+// portSpan is the ports first..last.
+type portSpan struct{ first, last uint32 }
+
 // snatPortsFor is what the tc programs draw masquerade ports from: 1024-65535
-// without the node's ephemeral range lo-hi. A port the node's own connection gets
-// later could collide with a masqueraded flow that no lookup saw coming; a port
-// below 1024 looks like a privileged client to some servers.
-func snatPortsFor(lo, hi uint16) tcSnatPorts {
-	const first, last = 1024, 65535
-	var p tcSnatPorts
-	if lo > first {
-		p.LowMin, p.LowSpan = first, uint32(lo)-first
+// without the node's ephemeral range and without the NodePort range. A port the
+// node's own connection gets later could collide with a masqueraded flow that no
+// lookup saw coming; a pod's unconnected UDP reply to the node address and a
+// NodePort would be translated by the socket hooks as a connection to that
+// NodePort; a port below 1024 looks like a privileged client to some servers.
+func snatPortsFor(ephemeral, nodePorts portSpan) tcSnatPorts {
+	spans := []portSpan{{1024, 65535}}
+	for _, cut := range []portSpan{ephemeral, nodePorts} {
+		var left []portSpan
+		for _, s := range spans {
+			if cut.last < s.first || cut.first > s.last || cut.first > cut.last {
+				left = append(left, s)
+				continue
+			}
+			if cut.first > s.first {
+				left = append(left, portSpan{s.first, cut.first - 1})
+			}
+			if cut.last < s.last {
+				left = append(left, portSpan{cut.last + 1, s.last})
+			}
+		}
+		spans = left
 	}
-	if hi < last {
-		p.HighMin = max(uint32(hi)+1, first)
-		p.HighSpan = last + 1 - p.HighMin
+	var p tcSnatPorts // two cuts leave at most three spans
+	for i, s := range spans {
+		p.Min[i], p.Span[i] = s.first, s.last-s.first+1
 	}
 	return p
+}
+
+func (p tcSnatPorts) count() uint32 {
+	var n uint32
+	for _, s := range p.Span {
+		n += s
+	}
+	return n
 }
 
 // parsePortRange reads ip_local_port_range's "lo hi".
@@ -140,7 +167,8 @@ func parsePortRange(s string) (lo, hi uint16, err error) {
 }
 
 // setPortRange gives the tc programs the masquerade ports for the node's current
-// ip_local_port_range (read in the calling thread's network namespace).
+// ip_local_port_range (read in the calling thread's network namespace) and the
+// NodePort range.
 func (n *natConfig) setPortRange() error {
 	b, err := os.ReadFile(localPortRange)
 	if err != nil {
@@ -150,9 +178,14 @@ func (n *natConfig) setPortRange() error {
 	if err != nil {
 		return err
 	}
-	p := snatPortsFor(lo, hi)
-	if p.LowSpan+p.HighSpan == 0 {
-		return fmt.Errorf("no masquerade ports: %s %d-%d leaves none of 1024-65535", localPortRange, lo, hi)
+	np := portSpan{1, 0} // none
+	if r := n.nodePorts; r.Size > 0 {
+		np = portSpan{uint32(r.Base), uint32(r.Base + r.Size - 1)}
+	}
+	p := snatPortsFor(portSpan{uint32(lo), uint32(hi)}, np)
+	if p.count() == 0 {
+		return fmt.Errorf("no masquerade ports: %s %d-%d and the NodePort range %v leave none of 1024-65535",
+			localPortRange, lo, hi, n.nodePorts)
 	}
 	if err := n.ports.Put(0, p); err != nil {
 		return fmt.Errorf("masquerade ports: %w", err)

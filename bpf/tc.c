@@ -65,9 +65,11 @@
 #define TCPOLEN_TS 10
 
 /*
- * Masquerade source ports are drawn at random from the ports the node's own connections never
- * get: 1024-65535 outside net.ipv4.ip_local_port_range (the Go side reads it into snat_ports),
- * and a port a local socket holds towards the backend (or listens on) is skipped. The search is
+ * Masquerade source ports are drawn at random from 1024-65535 without the ports the node's own
+ * connections get (net.ipv4.ip_local_port_range) and without the NodePort range (the Go side
+ * writes what is left into snat_ports): a pod's unconnected UDP reply to node:port would meet
+ * the socket hook's NodePort translation. A port a local socket holds towards the backend (or
+ * listens on) is skipped. The search is
  * bounded: a port is free, or held by a flow that is gone, or by a closed flow whose tuple the
  * new connection may take over (see may_take_over).
  */
@@ -109,7 +111,8 @@ struct ct_val {
 	__u32 fwd_ts;  /* host order: the newest timestamp (TSval) */
 	__u8 has_ts;   /* fwd_ts is set */
 	__u8 unprotected; /* established while ct_assured was full: left in ct_lru */
-	__u8 pad[6];
+	__u8 stream;	  /* UDP: the client sent again after a reply */
+	__u8 pad[5];
 	/* forward entries: bpf_ktime_get_ns() after which the flow is gone; reply entries: until
 	 * when a replaced flow's backend holds the port in TIME_WAIT (0: not) */
 	__u64 expires;
@@ -216,13 +219,15 @@ struct {
 	__type(value, struct flow_tmp);
 } flow_tmp SEC(".maps");
 
-/* The masquerade source ports: low_min.. and high_min.., low_span and high_span ports. */
+#define SNAT_RANGES 4
+
+/* The masquerade source ports: span[i] ports from min[i], for each i. */
 struct snat_ports {
-	__u32 low_min, low_span;
-	__u32 high_min, high_span;
+	__u32 min[SNAT_RANGES];
+	__u32 span[SNAT_RANGES];
 };
 
-/* Written by the Go side from the node's ip_local_port_range; zero spans: no ports. */
+/* Written by the Go side; all spans zero: no ports. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -993,7 +998,10 @@ static __always_inline void track(struct __sk_buff *skb, struct ct_val *f, const
 		else
 			life = f->backend_tw && !f->rst ? CT_TIME_WAIT_NS : CT_CLOSED_NS;
 	} else {
-		life = f->seen_reply ? CT_UDP_STREAM_NS : CT_UDP_NS;
+		/* conntrack's UDP: 30 s, 120 s once it is a stream (the client spoke after a reply) */
+		if (!reply && f->seen_reply)
+			SET(f->stream);
+		life = f->stream ? CT_UDP_STREAM_NS : CT_UDP_NS;
 	}
 	/* Writing on every packet would bounce the entry between CPUs: once a second does. */
 	want = now + life;
@@ -1084,13 +1092,21 @@ static __always_inline int reopens(const struct ct_val *f, const struct pkt *p)
 
 static __always_inline int random_snat_port(const struct snat_ports *r, __u16 *port)
 {
-	__u32 span = r->low_span + r->high_span, x;
+	__u32 span = 0, x;
 
+	for (int i = 0; i < SNAT_RANGES; i++)
+		span += r->span[i];
 	if (!span)
 		return 0;
 	x = bpf_get_prandom_u32() % span;
-	*port = x < r->low_span ? r->low_min + x : r->high_min + (x - r->low_span);
-	return 1;
+	for (int i = 0; i < SNAT_RANGES; i++) {
+		if (x < r->span[i]) {
+			*port = r->min[i] + x;
+			return 1;
+		}
+		x -= r->span[i];
+	}
+	return 0;
 }
 
 /* A socket of the node owns the tuple rk's reply would arrive on (connected, or listening). */

@@ -70,7 +70,8 @@ type tcCtVal struct {
 	FwdTs       uint32
 	HasTs       uint8
 	Unprotected uint8
-	Pad         [6]uint8
+	Stream      uint8
+	Pad         [5]uint8
 	Expires     uint64
 }
 
@@ -128,11 +129,9 @@ type tcSnatAddr struct {
 }
 
 type tcSnatPorts struct {
-	_        structs.HostLayout
-	LowMin   uint32
-	LowSpan  uint32
-	HighMin  uint32
-	HighSpan uint32
+	_    structs.HostLayout
+	Min  [4]uint32
+	Span [4]uint32
 }
 
 type tcSvcKey struct {

@@ -83,7 +83,7 @@ func newConn(t *testing.T, e *natEnv, client string, seq, ts uint32) *conn {
 // onePort narrows the masquerade ports to port.
 func (e *natEnv) onePort(t *testing.T, port uint16) {
 	t.Helper()
-	if err := e.objs.TC.SNATPorts.Put(uint32(0), tcSnatPorts{LowMin: uint32(port), LowSpan: 1}); err != nil {
+	if err := e.objs.TC.SNATPorts.Put(uint32(0), tcSnatPorts{Min: [4]uint32{uint32(port)}, Span: [4]uint32{1}}); err != nil {
 		t.Fatal(err)
 	}
 }

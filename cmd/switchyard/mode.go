@@ -78,7 +78,7 @@ func newBackend(mode string, cfg *agentConfig, out io.Writer, metrics prometheus
 			}
 		}
 		return bpf.NewBackend(bpf.Config{PinDir: cfg.bpfRoot, CgroupPath: cg, Metrics: metrics,
-			MaxServices: cfg.bpfMaps[0], MaxBackends: cfg.bpfMaps[1], CTMax: cfg.bpfMaps[2],
+			MaxServices: cfg.bpfMaps[0], MaxBackends: cfg.bpfMaps[1], CTMax: cfg.bpfMaps[2], NodePortRange: cfg.model.NodePortRange,
 			Devices: cfg.devices, TCMode: cfg.tcMode, ClusterCIDRs: cfg.model.ClusterCIDRs})
 	case "iptables":
 		return newIPTablesBackend(cfg, metrics)
