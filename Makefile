@@ -4,7 +4,7 @@ BIN     := bin/switchyard
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test unit lint generate demo bench bench-ebpf bench-nodeport bench-iptables clean prereqs controlplane flows vmrun vm-kernels vm-test vm-flows vm-flows-all
+.PHONY: all build test unit lint generate demo bench bench-ebpf bench-nodeport bench-iptables soak clean prereqs controlplane flows vmrun vm-kernels vm-test vm-flows vm-flows-all
 
 all: build
 
@@ -110,6 +110,11 @@ bench-nodeport: prereqs controlplane
 # 10 min at 10,000 (reported as not finished after -cold-timeout, 20 min).
 bench-iptables: prereqs controlplane
 	$(GO) run ./test/cmd/bench-iptables -services 1000,10000 -endpoints 10 -changes 10 -json bench-iptables.json
+
+# Idle NodePort connections through 5 minutes of new connections churning through a small
+# connection tracking map (test/restart's TestIdleConnectionsOutliveChurn, 40 s idle by default; root).
+soak: prereqs
+	SWITCHYARD_SOAK=5m $(GO) test -count=1 -run TestIdleConnectionsOutliveChurn -v -timeout 20m ./test/restart/
 
 clean:
 	rm -rf bin

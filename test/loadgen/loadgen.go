@@ -22,6 +22,9 @@ type Result struct {
 	// ErrorKinds counts failures by Kind.
 	ErrorKinds map[string]int64 `json:"error_kinds,omitempty"`
 	FirstError string           `json:"first_error,omitempty"`
+	// FirstErrorAt is when the first failure happened, in seconds from the start (a limit that
+	// runs out shows as failures from some point on).
+	FirstErrorAt float64 `json:"first_error_s,omitempty"`
 	// Latency of the answered requests (connect included in mode conn), in milliseconds.
 	MeanMs float64 `json:"latency_mean_ms"`
 	P50Ms  float64 `json:"latency_p50_ms"`

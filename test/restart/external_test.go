@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -101,6 +102,10 @@ const (
 	longLivedFor      = 14 * time.Second
 )
 
+// restartLongLived are the long-lived connections across restarts, to either pod.
+var restartLongLived = persistentSpec{conns: longLivedConns, interval: longLivedInterval, lasts: longLivedFor,
+	endpoints: rrBackends}
+
 // TestKill9UnderExternalLoad restarts the agent twice with kill -9 (as TestKill9UnderLoad does)
 // while a client outside the cluster opens new connections to a NodePort back to back and keeps
 // a few long-lived connections to another port of it busy, a request every 100ms. This traffic
@@ -122,7 +127,7 @@ func TestKill9UnderExternalLoad(t *testing.T) {
 	ag.start(t, ctx)
 	client := topo.ExternalNS(extClient)
 
-	ll := startLongLived(t, ctx, topo, client, rrFrontend)
+	ll := startLongLived(t, ctx, topo, client, rrFrontend, restartLongLived)
 	conns := ll.waitEstablished(t, ctx)
 	t.Logf("long-lived connections (local addresses): %v", conns)
 
@@ -142,30 +147,56 @@ func TestKill9UnderExternalLoad(t *testing.T) {
 
 // logTCEvents logs what the tc programs counted (switchyard_bpf_tc_events_total, from the running
 // agent; the counters are pinned, so they add up over the restarts): a drop shows there.
-func logTCEvents(t *testing.T, ctx context.Context, topo *topology.Topology) {
+func logTCEvents(t *testing.T, ctx context.Context, topo *topology.Topology) map[string]float64 {
 	t.Helper()
-	metrics, err := topo.Run(ctx, topo.NodeNS(), "curl", "-s", "--max-time", "2", "http://127.0.0.1:10249/metrics")
+	evs, err := tcEvents(ctx, topo)
 	if err != nil {
 		t.Errorf("the agent's metrics: %v", err)
-		return
+		return nil
 	}
-	var evs []string
+	var list []string
+	for _, name := range slices.Sorted(maps.Keys(evs)) {
+		list = append(list, fmt.Sprintf("%s=%g", name, evs[name]))
+	}
+	t.Logf("tc events over the whole test: %s", strings.Join(list, " "))
+	return evs
+}
+
+// tcEvents reads switchyard_bpf_tc_events_total from the running agent, by event.
+func tcEvents(ctx context.Context, topo *topology.Topology) (map[string]float64, error) {
+	metrics, err := topo.Run(ctx, topo.NodeNS(), "curl", "-s", "--max-time", "2", "http://127.0.0.1:10249/metrics")
+	if err != nil {
+		return nil, err
+	}
+	evs := map[string]float64{}
 	for _, l := range strings.Split(metrics, "\n") {
-		if rest, ok := strings.CutPrefix(l, "switchyard_bpf_tc_events_total{event=\""); ok {
-			evs = append(evs, strings.Replace(rest, "\"} ", "=", 1))
+		rest, ok := strings.CutPrefix(l, "switchyard_bpf_tc_events_total{event=\"")
+		if !ok {
+			continue
 		}
+		name, value, ok := strings.Cut(rest, "\"} ")
+		// Prometheus' text format writes large counts as floats (1.5e+06).
+		n, err := strconv.ParseFloat(value, 64)
+		if !ok || err != nil {
+			return nil, fmt.Errorf("metrics: unexpected line %q", l)
+		}
+		evs[name] = n
 	}
-	t.Logf("tc events over the whole test: %s", strings.Join(evs, " "))
+	if len(evs) == 0 {
+		return nil, errors.New("metrics: no switchyard_bpf_tc_events_total")
+	}
+	return evs, nil
 }
 
 // ---- the long-lived connections ----
 
-// longLived is the load generator (test/cmd/loadgen) in persistent mode: longLivedConns
-// connections, each sending a request every longLivedInterval and reading the answer. It replaces
-// a connection that fails, and counts the failure.
+// longLived is the load generator (test/cmd/loadgen) in persistent mode: spec.conns connections,
+// each sending a request every spec.interval and reading the answer. It replaces a connection that
+// fails, and counts the failure.
 type longLived struct {
 	topo    *topology.Topology
 	ns, dst string
+	spec    persistentSpec
 	cmd     *exec.Cmd
 	started time.Time
 	out     bytes.Buffer
@@ -173,12 +204,19 @@ type longLived struct {
 	waitErr error
 }
 
-func startLongLived(t *testing.T, ctx context.Context, topo *topology.Topology, ns, dst string) *longLived {
+// persistentSpec is what long-lived connections do, and where their answers must come from.
+type persistentSpec struct {
+	conns           int
+	interval, lasts time.Duration
+	endpoints       []string
+}
+
+func startLongLived(t *testing.T, ctx context.Context, topo *topology.Topology, ns, dst string, spec persistentSpec) *longLived {
 	t.Helper()
-	l := &longLived{topo: topo, ns: ns, dst: dst, done: make(chan struct{})}
+	l := &longLived{topo: topo, ns: ns, dst: dst, spec: spec, done: make(chan struct{})}
 	l.cmd = topo.CommandContext(ctx, ns, loadgenBin, "-dst", dst, "-mode", "persistent",
-		"-workers", strconv.Itoa(longLivedConns), "-interval", longLivedInterval.String(),
-		"-duration", longLivedFor.String(), "-timeout", "1s")
+		"-workers", strconv.Itoa(spec.conns), "-interval", spec.interval.String(),
+		"-duration", spec.lasts.String(), "-timeout", "1s")
 	l.cmd.Stdout, l.cmd.Stderr = &l.out, os.Stderr
 	if err := topo.Start(l.cmd); err != nil {
 		t.Fatal(err)
@@ -235,11 +273,11 @@ func (l *longLived) waitEstablished(t *testing.T, ctx context.Context) []string 
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(conns) == longLivedConns {
+		if len(conns) == l.spec.conns {
 			return conns
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d long-lived connections to %s established after 5s (%v), want %d", len(conns), l.dst, conns, longLivedConns)
+			t.Fatalf("%d long-lived connections to %s established after 5s (%v), want %d", len(conns), l.dst, conns, l.spec.conns)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -249,8 +287,8 @@ func (l *longLived) waitEstablished(t *testing.T, ctx context.Context) []string 
 // generator had to replace has another local port).
 func (l *longLived) checkSame(t *testing.T, ctx context.Context, before []string, when string) {
 	t.Helper()
-	if left := longLivedFor - time.Since(l.started); left < time.Second {
-		t.Fatalf("long-lived connections %s: the load generator's %v are (nearly) over, the test took too long to cover the restarts", when, longLivedFor)
+	if left := l.spec.lasts - time.Since(l.started); left < time.Second {
+		t.Fatalf("long-lived connections %s: the load generator's %v are (nearly) over, the test took too long to cover the restarts", when, l.spec.lasts)
 	}
 	now, err := l.established(ctx)
 	if err != nil {
@@ -270,8 +308,8 @@ func (l *longLived) wait(t *testing.T) loadResult {
 	t.Helper()
 	select {
 	case <-l.done:
-	case <-time.After(time.Until(l.started.Add(longLivedFor + 10*time.Second))):
-		t.Fatalf("the load generator did not end %v after its start", longLivedFor+10*time.Second)
+	case <-time.After(time.Until(l.started.Add(l.spec.lasts + 10*time.Second))):
+		t.Fatalf("the load generator did not end %v after its start", l.spec.lasts+10*time.Second)
 	}
 	if l.waitErr != nil {
 		t.Fatalf("the load generator: %v", l.waitErr)
@@ -289,17 +327,17 @@ func (l *longLived) check(t *testing.T, r loadResult) {
 	t.Helper()
 	t.Logf("long-lived connections: %d answered requests in %.1fs on %d connections; %d failed %v; per pod %v; client seen as %v",
 		r.Requests, r.Elapsed, r.Conns, r.Errors, r.ErrorKinds, r.Endpoints, r.Peers)
-	if r.Errors > 0 || r.Conns != longLivedConns {
+	if r.Errors > 0 || r.Conns != int64(l.spec.conns) {
 		t.Errorf("long-lived connections: %d requests failed and %d connections were opened for %d workers "+
 			"(each failure closes its connection and opens a new one); the first failure: %s",
-			r.Errors, r.Conns, longLivedConns, r.FirstError)
+			r.Errors, r.Conns, l.spec.conns, r.FirstError)
 	}
-	// Each connection sends a request, waits for the answer, pauses longLivedInterval.
-	if want := int64(longLivedConns) * int64(longLivedFor/longLivedInterval) / 2; r.Requests < want {
+	// Each connection sends a request, waits for the answer, pauses spec.interval.
+	if want := int64(l.spec.conns) * int64(l.spec.lasts/l.spec.interval) / 2; r.Requests < want {
 		t.Errorf("long-lived connections: %d answered requests, want at least %d", r.Requests, want)
 	}
 	for ep := range r.Endpoints {
-		if !slices.Contains(rrBackends, ep) {
+		if !slices.Contains(l.spec.endpoints, ep) {
 			t.Errorf("long-lived connections: answers from %s, not a pod of the service", ep)
 		}
 	}

@@ -79,14 +79,18 @@ func (t *Topology) startServer(ctx context.Context, pod Pod) error {
 	return nil
 }
 
+// echoFlags are the echo server's flags by port protocol.
+var echoFlags = map[string]string{"TCP": "-tcp", "UDP": "-udp", ProtocolTCPRequestReply: "-tcp-rr",
+	ProtocolTCPCloseAfterReply: "-tcp-close"}
+
 func echoArgs(ports []Port) []string {
 	byFlag := map[string][]string{}
 	for _, p := range ports {
-		flag := map[string]string{"TCP": "-tcp", "UDP": "-udp", ProtocolTCPRequestReply: "-tcp-rr"}[p.Protocol]
+		flag := echoFlags[p.Protocol]
 		byFlag[flag] = append(byFlag[flag], strconv.Itoa(p.Port))
 	}
 	var args []string
-	for _, flag := range []string{"-tcp", "-udp", "-tcp-rr"} {
+	for _, flag := range []string{"-tcp", "-udp", "-tcp-rr", "-tcp-close"} {
 		if len(byFlag[flag]) > 0 {
 			args = append(args, flag, strings.Join(byFlag[flag], ","))
 		}

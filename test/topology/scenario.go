@@ -51,13 +51,17 @@ type Pod struct {
 
 // Port is a port the pod's echo server listens on.
 type Port struct {
-	Protocol string // "TCP", "UDP" or ProtocolTCPRequestReply
+	Protocol string // "TCP", "UDP", ProtocolTCPRequestReply or ProtocolTCPCloseAfterReply
 	Port     int
 }
 
 // ProtocolTCPRequestReply is the echo server's request/reply mode (echo -tcp-rr):
 // every line gets an answer on a connection that stays open, for load generators.
 const ProtocolTCPRequestReply = "TCP-RR"
+
+// ProtocolTCPCloseAfterReply is the echo server's close-after-reply mode (echo -tcp-close): the
+// first line gets an answer, then the server closes, so the pod's side holds TIME_WAIT.
+const ProtocolTCPCloseAfterReply = "TCP-CLOSE"
 
 // Client is a host outside the cluster.
 type Client struct {
@@ -205,7 +209,7 @@ func (p *plan) remoteCanHost(addrs []netip.Addr) bool {
 
 func checkPorts(pod Pod) error {
 	for _, pt := range pod.Ports {
-		if pt.Protocol != "TCP" && pt.Protocol != "UDP" && pt.Protocol != ProtocolTCPRequestReply || pt.Port < 1 || pt.Port > 65535 {
+		if echoFlags[pt.Protocol] == "" || pt.Port < 1 || pt.Port > 65535 {
 			return fmt.Errorf("pod %s: bad port %s/%d", pod.Name, pt.Protocol, pt.Port)
 		}
 	}

@@ -111,8 +111,9 @@ func TestParseProbe(t *testing.T) {
 }
 
 func TestEchoArgs(t *testing.T) {
-	got := echoArgs([]Port{{"TCP", 80}, {"UDP", 53}, {"TCP", 8080}})
-	want := []string{"-tcp", "80,8080", "-udp", "53"}
+	got := echoArgs([]Port{{"TCP", 80}, {ProtocolTCPCloseAfterReply, 9191}, {"UDP", 53}, {"TCP", 8080},
+		{ProtocolTCPRequestReply, 9090}})
+	want := []string{"-tcp", "80,8080", "-udp", "53", "-tcp-rr", "9090", "-tcp-close", "9191"}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("got %v", got)
 	}

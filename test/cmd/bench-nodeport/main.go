@@ -6,17 +6,20 @@
 //	switchyard-ebpf      the Switchyard agent in eBPF mode (--source=file)
 //
 //	go run ./test/cmd/bench-nodeport [-targets direct,kube-proxy-nftables,switchyard-ebpf]
-//	    [-shapes conn,persistent] [-duration 5s] [-workers 4] [-pods 2] [-rounds 1] [-json FILE] [-agent BIN]
+//	    [-shapes conn,persistent,udp] [-duration 5s] [-workers 4] [-pods 2] [-rounds 1] [-json FILE] [-agent BIN]
 //
 // Run it as root from the repository root. Each target gets a fresh topology
 // (test/topology): one node with -pods pods behind a NodePort service
 // (externalTrafficPolicy Cluster, so the proxies masquerade), and one external
 // client on the outside segment. The pods run the echo server's request/reply
-// mode (test/cmd/echo -tcp-rr); the load generator (test/cmd/loadgen) runs as a
-// subprocess inside the client's namespace, for -duration per shape: conn (a new
-// TCP connection per request: connect, send a line, read the reply, close) and
-// persistent (-workers connections, request after request). Each target is
-// first checked with a short run that must get every request answered. With
+// mode (test/cmd/echo -tcp-rr) and its UDP port (-udp), each behind a port of the
+// service; the load generator (test/cmd/loadgen) runs as a subprocess inside the
+// client's namespace, for -duration per shape: conn (a new TCP connection per
+// request: connect, send a line, read the reply, close), persistent (-workers
+// connections, request after request) and udp (a new UDP socket per request: a
+// datagram each way, through the service's UDP port). Each target is first
+// checked with short runs (TCP, and UDP when measured) that must get every
+// request answered. With
 // -rounds N the targets are measured N times in turn (a fresh topology each
 // time) and the median is reported, with the spread.
 //
@@ -51,7 +54,7 @@ import (
 
 var (
 	allTargets = []string{"direct", "kube-proxy-nftables", "switchyard-ebpf"}
-	allShapes  = []string{"conn", "persistent"}
+	allShapes  = []string{"conn", "persistent", "udp"}
 )
 
 type options struct {
@@ -93,7 +96,7 @@ func main() {
 func parseFlags() (options, error) {
 	var o options
 	targets := flag.String("targets", strings.Join(allTargets, ","), "targets to measure, in this order")
-	shapes := flag.String("shapes", strings.Join(allShapes, ","), "conn (a new connection per request), persistent")
+	shapes := flag.String("shapes", strings.Join(allShapes, ","), "conn (a new connection per request), persistent, udp (a new UDP socket per request)")
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "load per target and shape")
 	flag.DurationVar(&o.timeout, "timeout", time.Second, "per request; a slower one counts as an error")
 	flag.IntVar(&o.workers, "workers", 4, "concurrent connections of the load generator")

@@ -21,13 +21,14 @@ type report struct {
 
 type targetReport struct {
 	Target       string        `json:"target"`
-	Destinations []string      `json:"destinations"` // what the client connects to
+	Destinations []string      `json:"destinations"`               // what the client connects to
+	UDPDests     []string      `json:"udp_destinations,omitempty"` // and sends to in shape udp
 	Error        string        `json:"error,omitempty"`
 	Shapes       []shapeReport `json:"shapes,omitempty"`
 }
 
 type shapeReport struct {
-	Shape string `json:"shape"` // conn or persistent
+	Shape string `json:"shape"` // conn, persistent or udp
 	// RPS is the median over the rounds of the answered requests per second.
 	RPS    float64 `json:"rps"`
 	RPSMin float64 `json:"rps_min"`
@@ -41,7 +42,8 @@ type shapeReport struct {
 	Rounds []*loadResult `json:"rounds"`
 }
 
-var shapeLabel = map[string]string{"conn": "new connection per request", "persistent": "persistent connections"}
+var shapeLabel = map[string]string{"conn": "new connection per request", "persistent": "persistent connections",
+	"udp": "UDP, socket per request"}
 
 // shape returns the target's report of a shape, added if new.
 func (t *targetReport) shape(name string) *shapeReport {

@@ -16,9 +16,11 @@ func res(rps float64, peer string) *loadResult {
 func TestReport(t *testing.T) {
 	r := &report{Pods: 2, Workers: 4, Duration: 5, Rounds: 3, Targets: []targetReport{
 		{Target: "direct", Shapes: []shapeReport{{Shape: "conn", Rounds: []*loadResult{
-			res(1000, clientIP), res(900, clientIP), res(1100, clientIP)}}}},
+			res(1000, clientIP), res(900, clientIP), res(1100, clientIP)}}, {Shape: "udp", Rounds: []*loadResult{
+			res(500, clientIP), res(500, clientIP), res(500, clientIP)}}}},
 		{Target: "kube-proxy-nftables", Shapes: []shapeReport{{Shape: "conn", Rounds: []*loadResult{
-			res(800, nodeIP), res(950, nodeIP), res(700, nodeIP)}}}},
+			res(800, nodeIP), res(950, nodeIP), res(700, nodeIP)}}, {Shape: "udp", Rounds: []*loadResult{
+			res(450, nodeIP), res(400, nodeIP), res(300, nodeIP)}}}},
 		{Target: "switchyard-ebpf", Error: "check: no answer\nlog line"},
 	}}
 	r.summarize()
@@ -33,6 +35,7 @@ func TestReport(t *testing.T) {
 	r.print(&out)
 	for _, want := range []string{
 		"kube-proxy-nftables  new connection per request  800    700-950   0.80",
+		"kube-proxy-nftables  UDP, socket per request     400    300-450   0.80",
 		"2 (75/25%)            192.168.0.2",
 		"\nswitchyard-ebpf: error: check: no answer\n",
 	} {

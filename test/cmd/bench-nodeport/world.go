@@ -28,6 +28,10 @@ const (
 	svcPort     = 80
 	podPort     = 8080
 	nodePort    = 30080
+	// The UDP port of the service (shape udp): the pods' echo -udp.
+	svcUDPPort  = 53
+	podUDPPort  = 5353
+	udpNodePort = 30053
 )
 
 func podIP(i int) string { return fmt.Sprintf("10.0.1.%d", i+1) }
@@ -40,10 +44,14 @@ func benchCase(pods int) flow.Case {
 		Config: flow.Config{ClusterCIDR: clusterCIDR},
 		Services: []flow.Service{{Namespace: "bench", Name: "web", Type: "NodePort", ClusterIP: clusterIP,
 			ExternalTrafficPolicy: "Cluster",
-			Ports:                 []flow.ServicePort{{Name: "rr", Protocol: "TCP", Port: svcPort, TargetPort: podPort, NodePort: nodePort}}}},
+			Ports: []flow.ServicePort{
+				{Name: "rr", Protocol: "TCP", Port: svcPort, TargetPort: podPort, NodePort: nodePort},
+				{Name: "udp", Protocol: "UDP", Port: svcUDPPort, TargetPort: podUDPPort, NodePort: udpNodePort},
+			}}},
 	}
 	sl := flow.EndpointSlice{Namespace: "bench", Service: "web", Name: "web-1", AddressType: "IPv4",
-		Ports: []flow.EndpointPort{{Name: "rr", Protocol: "TCP", Port: podPort}}}
+		Ports: []flow.EndpointPort{{Name: "rr", Protocol: "TCP", Port: podPort},
+			{Name: "udp", Protocol: "UDP", Port: podUDPPort}}}
 	for i := range pods {
 		sl.Endpoints = append(sl.Endpoints, flow.Endpoint{Addresses: []string{podIP(i)}, Ready: ptr.To(true), NodeName: ptr.To(nodeName)})
 	}
@@ -51,8 +59,8 @@ func benchCase(pods int) flow.Case {
 	return c
 }
 
-// buildTopology builds a fresh node with the pods' request/reply servers running
-// and the external client tuned for many short connections.
+// buildTopology builds a fresh node with the pods' request/reply servers (TCP and
+// UDP) running and the external client tuned for many short connections.
 func buildTopology(ctx context.Context, e *env) (*topology.Topology, error) {
 	sc := topology.Scenario{
 		Node:     topology.Node{Name: nodeName, IPs: []string{nodeIP}},
@@ -61,7 +69,8 @@ func buildTopology(ctx context.Context, e *env) (*topology.Topology, error) {
 	}
 	for i := range e.o.pods {
 		sc.Pods = append(sc.Pods, topology.Pod{Name: fmt.Sprintf("pod%d", i), IP: podIP(i), Local: true,
-			Ports: []topology.Port{{Protocol: topology.ProtocolTCPRequestReply, Port: podPort}}})
+			Ports: []topology.Port{{Protocol: topology.ProtocolTCPRequestReply, Port: podPort},
+				{Protocol: "UDP", Port: podUDPPort}}})
 	}
 	topo, err := topology.Build(ctx, sc)
 	if err != nil {

@@ -2,10 +2,12 @@ package main
 
 import (
 	"bufio"
+	"io"
 	"net"
 	"net/netip"
 	"reflect"
 	"testing"
+	"time"
 )
 
 func TestParsePorts(t *testing.T) {
@@ -55,4 +57,26 @@ func TestAnswer(t *testing.T) {
 	}
 	client.Close()
 	<-done
+}
+
+// The close-after-reply mode answers the first request line, then the server closes: the client
+// reads the reply and then EOF, without closing first.
+func TestAnswerOnce(t *testing.T) {
+	client, server := net.Pipe()
+	go func() { answerOnce(server); server.Close() }()
+	defer client.Close()
+	// A server that kept the connection open would leave the second read waiting.
+	if err := client.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Write([]byte("request\n")); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(client)
+	if line, err := r.ReadString('\n'); err != nil || line != "pipe pipe\n" {
+		t.Fatalf("reply %q, %v", line, err)
+	}
+	if rest, err := r.ReadString('\n'); err != io.EOF {
+		t.Errorf("after the reply: %q, %v; want the server's close", rest, err)
+	}
 }

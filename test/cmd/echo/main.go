@@ -1,13 +1,15 @@
 // Command echo is the server every test pod runs. It tells each client which address it reached and
 // which address it came from, so tests can see load balancing and NAT:
 //
-//	echo -tcp 80,8080 -udp 53 -tcp-rr 9090
+//	echo -tcp 80,8080 -udp 53 -tcp-rr 9090 -tcp-close 9191
 //
 // Per TCP connection it writes one line "<local ip:port> <peer ip:port>\n" and closes; per UDP
 // datagram it sends that line back to the sender, from the address the datagram was sent to. On the
 // -tcp-rr ports (request/reply, for load generators such as test/cmd/loadgen) it writes nothing
 // first: it answers every line the client sends with that same line "<local> <peer>\n", and closes
-// when the client does. It listens on all addresses (dual-stack) and prints "ready" once every socket
+// when the client does. On the -tcp-close ports it answers the first line the same way and then
+// closes the connection itself: the server closes first, so its side, not the client's, goes
+// through TIME_WAIT. It listens on all addresses (dual-stack) and prints "ready" once every socket
 // is open.
 package main
 
@@ -21,24 +23,29 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 func main() {
 	tcp := flag.String("tcp", "", "comma-separated TCP ports")
 	udp := flag.String("udp", "", "comma-separated UDP ports")
 	rr := flag.String("tcp-rr", "", "comma-separated TCP ports answering every request line (persistent connections)")
+	closing := flag.String("tcp-close", "", "comma-separated TCP ports answering one request line, then closing")
 	flag.Parse()
 	tcpPorts, err := parsePorts(*tcp)
-	if err == nil && len(tcpPorts) == 0 && *udp == "" && *rr == "" {
+	if err == nil && len(tcpPorts) == 0 && *udp == "" && *rr == "" && *closing == "" {
 		err = fmt.Errorf("no port given")
 	}
 	udpPorts, uerr := parsePorts(*udp)
 	rrPorts, rerr := parsePorts(*rr)
-	if err != nil || uerr != nil || rerr != nil || flag.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "usage: echo -tcp PORT,... -udp PORT,... -tcp-rr PORT,... (%v)\n", errors.Join(err, uerr, rerr))
+	closePorts, cerr := parsePorts(*closing)
+	if err != nil || uerr != nil || rerr != nil || cerr != nil || flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "usage: echo -tcp PORT,... -udp PORT,... -tcp-rr PORT,... -tcp-close PORT,... (%v)\n",
+			errors.Join(err, uerr, rerr, cerr))
 		os.Exit(2)
 	}
-	if err := serve(tcpPorts, udpPorts, rrPorts); err != nil {
+	tcpModes := []tcpMode{{tcpPorts, greet}, {rrPorts, answer}, {closePorts, answerOnce}}
+	if err := serve(tcpModes, udpPorts); err != nil {
 		fmt.Fprintln(os.Stderr, "echo:", err)
 		os.Exit(1)
 	}
@@ -59,20 +66,28 @@ func parsePorts(s string) ([]int, error) {
 	return ports, nil
 }
 
+// tcpMode is what a connection to one of ports gets.
+type tcpMode struct {
+	ports  []int
+	handle func(net.Conn)
+}
+
 // serve opens every socket first, so "ready" means all of them accept traffic, then serves forever.
-func serve(tcpPorts, udpPorts, rrPorts []int) error {
-	errs := make(chan error, len(tcpPorts)+len(udpPorts)+len(rrPorts))
+func serve(tcpModes []tcpMode, udpPorts []int) error {
+	n := len(udpPorts)
+	for _, m := range tcpModes {
+		n += len(m.ports)
+	}
+	errs := make(chan error, n)
 	var starts []func()
-	for i, p := range append(append([]int{}, tcpPorts...), rrPorts...) {
-		ln, err := net.Listen("tcp", fmt.Sprintf(":%d", p))
-		if err != nil {
-			return err
+	for _, m := range tcpModes {
+		for _, p := range m.ports {
+			ln, err := net.Listen("tcp", fmt.Sprintf(":%d", p))
+			if err != nil {
+				return err
+			}
+			starts = append(starts, func() { errs <- serveTCP(ln, m.handle) })
 		}
-		handle := greet
-		if i >= len(tcpPorts) {
-			handle = answer
-		}
-		starts = append(starts, func() { errs <- serveTCP(ln, handle) })
 	}
 	for _, p := range udpPorts {
 		c, err := listenUDP(p)
@@ -108,14 +123,39 @@ func greet(c net.Conn) {
 }
 
 // answer writes the line once per request line until the client closes or fails.
-func answer(c net.Conn) {
+func answer(c net.Conn) { answerLines(c, false) }
+
+// answerOnce answers one request line and returns, so the server closes first. The request is read
+// before the close: unread data would turn the close into a reset, which leaves no TIME_WAIT. The
+// reply is corked, so it leaves with the FIN: a client that closes once it has the reply cannot
+// close before the server (both would be first then, and the server's side would not hold TIME_WAIT).
+func answerOnce(c net.Conn) {
+	cork(c)
+	answerLines(c, true)
+}
+
+// cork sets TCP_CORK on a TCP connection: what is written waits for more, or for the close. Without
+// it (net.Pipe in tests, a failed setsockopt) the reply still goes, on its own.
+func cork(c net.Conn) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = raw.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_CORK, 1) })
+}
+
+func answerLines(c net.Conn, once bool) {
 	reply := []byte(fmt.Sprintf("%s %s\n", addrString(c.LocalAddr()), addrString(c.RemoteAddr())))
 	r := bufio.NewReader(c)
 	for {
 		if _, err := r.ReadSlice('\n'); err != nil {
 			return // EOF, a reset, or a request line longer than the buffer: the conversation is over
 		}
-		if _, err := c.Write(reply); err != nil {
+		if _, err := c.Write(reply); err != nil || once {
 			return
 		}
 	}

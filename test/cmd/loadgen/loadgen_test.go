@@ -12,9 +12,14 @@ func TestParseFlags(t *testing.T) {
 	if err != nil || len(o.dsts) != 2 || o.mode != "persistent" || o.workers != 2 || o.size != 32 || o.interval != 100*time.Millisecond {
 		t.Errorf("%+v, %v", o, err)
 	}
+	o, err = parseFlags([]string{"-dst", "10.0.1.1:5353", "-mode", "udp", "-rate", "1000"})
+	if err != nil || o.mode != "udp" || o.rate != 1000 {
+		t.Errorf("%+v, %v", o, err)
+	}
 	for _, bad := range [][]string{
-		{}, {"-dst", "10.0.1.1"}, {"-dst", "10.0.1.1:80", "-mode", "udp"}, {"-dst", "10.0.1.1:80", "-workers", "0"},
+		{}, {"-dst", "10.0.1.1"}, {"-dst", "10.0.1.1:80", "-mode", "sctp"}, {"-dst", "10.0.1.1:80", "-workers", "0"},
 		{"-dst", "10.0.1.1:80", "-size", "0"}, {"-dst", "10.0.1.1:80", "-interval", "-1s"}, {"-dst", "10.0.1.1:80", "extra"},
+		{"-dst", "10.0.1.1:80", "-rate", "-1"}, {"-dst", "10.0.1.1:80", "-mode", "persistent", "-rate", "10"},
 	} {
 		if _, err := parseFlags(bad); err == nil {
 			t.Errorf("%v accepted", bad)
@@ -26,6 +31,7 @@ func TestParseFlags(t *testing.T) {
 // endpoint and peer address, a malformed reply or a close is an error, and merge adds it all up.
 func TestExchangeAndMerge(t *testing.T) {
 	o := options{dsts: []string{"10.0.1.1:8080"}, mode: "persistent", timeout: time.Second, workers: 1, size: 4}
+	start := time.Now()
 	w := newWorker(o, []byte("abc\n"), 0)
 	client, server := net.Pipe()
 	go func() {
@@ -44,9 +50,27 @@ func TestExchangeAndMerge(t *testing.T) {
 			w.fail(err)
 		}
 	}
-	r := merge(o, []*worker{w}, time.Second)
+	r := merge(o, []*worker{w}, start, start.Add(time.Second))
 	if r.Requests != 2 || r.Errors != 2 || r.Endpoints["10.0.1.1:8080"] != 2 || r.Peers["192.168.0.2"] != 2 ||
-		r.ErrorKinds["error"] != 2 || r.FirstError != `error: malformed reply "junk"` || r.RPS != 2 {
+		r.ErrorKinds["error"] != 2 || r.FirstError != `error: malformed reply "junk"` || r.FirstErrorAt <= 0 || r.RPS != 2 {
 		t.Errorf("%+v", r)
+	}
+}
+
+// The pacer hands out start times k/rate apart, to whichever worker asks, and none at or after the
+// end: here 10 per second over the second that has just passed, so nobody waits.
+func TestPacer(t *testing.T) {
+	end := time.Now()
+	p := newPacer(end.Add(-time.Second), 10)
+	for k := range 10 {
+		if !p.wait(end) {
+			t.Fatalf("start #%d refused", k)
+		}
+	}
+	if p.wait(end) {
+		t.Error("a start at the end given out")
+	}
+	if newPacer(end, 0) != nil || !(*pacer)(nil).wait(end) {
+		t.Error("rate 0: paced")
 	}
 }

@@ -20,23 +20,24 @@ type worker struct {
 	buf  [256]byte
 	conn net.Conn // mode persistent: the open connection, or nil
 
-	lat      []time.Duration // one per answered request
-	conns    int64
-	errs     map[string]int64
-	firstErr string
-	replies  map[string]int64 // "endpoint peer-ip" -> answers
+	lat        []time.Duration // one per answered request
+	conns      int64
+	errs       map[string]int64
+	firstErr   string
+	firstErrAt time.Time
+	replies    map[string]int64 // "endpoint peer-ip" -> answers
 }
 
 func newWorker(o options, req []byte, i int) *worker {
 	return &worker{o: o, req: req, next: i % len(o.dsts), errs: map[string]int64{}, replies: map[string]int64{}}
 }
 
-func (w *worker) loop(end time.Time) {
-	for time.Now().Before(end) {
-		if w.o.mode == "conn" {
-			w.oneConn()
-		} else {
+func (w *worker) loop(end time.Time, pace *pacer) {
+	for time.Now().Before(end) && pace.wait(end) {
+		if w.o.mode == "persistent" {
 			w.onePersistent()
+		} else {
+			w.oneConn()
 		}
 		if w.o.interval > 0 {
 			time.Sleep(min(w.o.interval, time.Until(end)))
@@ -51,10 +52,14 @@ func (w *worker) dial() (net.Conn, error) {
 	dst := w.o.dsts[w.next]
 	w.next = (w.next + 1) % len(w.o.dsts)
 	w.conns++
-	return net.DialTimeout("tcp", dst, w.o.timeout)
+	network := "tcp"
+	if w.o.mode == "udp" {
+		network = "udp" // connected: a port unreachable fails the read with "connection refused"
+	}
+	return net.DialTimeout(network, dst, w.o.timeout)
 }
 
-// oneConn: connect, one request, its reply, close.
+// oneConn: connect, one request, its reply, close (in mode udp: a socket, one datagram each way).
 func (w *worker) oneConn() {
 	start := time.Now()
 	c, err := w.dial()
@@ -85,7 +90,8 @@ func (w *worker) onePersistent() {
 	}
 }
 
-// exchange sends the request and reads the reply line "<endpoint> <peer>".
+// exchange sends the request and reads the reply line "<endpoint> <peer>" (over UDP: one datagram
+// each, the echo server's reply ends with its newline).
 func (w *worker) exchange(c net.Conn, start time.Time) error {
 	if err := c.SetDeadline(start.Add(w.o.timeout)); err != nil {
 		return err
@@ -132,6 +138,6 @@ func (w *worker) fail(err error) {
 	kind := loadgen.Kind(err)
 	w.errs[kind]++
 	if w.firstErr == "" {
-		w.firstErr = kind + ": " + err.Error()
+		w.firstErr, w.firstErrAt = kind+": "+err.Error(), time.Now()
 	}
 }
