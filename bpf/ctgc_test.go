@@ -120,3 +120,15 @@ func TestSNATPortsLeaveTheEphemeralRange(t *testing.T) {
 		t.Errorf("parsePortRange: %d %d %v", lo, hi, err)
 	}
 }
+
+func TestDropsSince(t *testing.T) {
+	last := map[string]uint64{"drop_no_snat_port": 5, "ct_full": 0, "error": 2, "new_flow": 10}
+	now := map[string]uint64{"drop_no_snat_port": 12, "ct_full": 0, "error": 2, "new_flow": 900}
+	got := dropsSince(last, now)
+	if len(got) != 1 || got[0] != (drop{"drop_no_snat_port", 7}) {
+		t.Errorf("dropsSince: %v, want drop_no_snat_port 7 alone", got)
+	}
+	if got := dropsSince(nil, now); len(got) != 0 {
+		t.Errorf("dropsSince without a last reading: %v, want nothing", got)
+	}
+}

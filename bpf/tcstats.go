@@ -66,7 +66,10 @@ var dropEvents = []string{"drop_no_snat_port", "ct_full", "error"}
 func logDrops(ctx context.Context, events *ebpf.Map, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	last, _ := TCEvents(events)
+	last, err := TCEvents(events)
+	if err != nil {
+		klog.ErrorS(err, "Reading the tc programs' counters")
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -78,14 +81,29 @@ func logDrops(ctx context.Context, events *ebpf.Map, interval time.Duration) {
 			klog.ErrorS(err, "Reading the tc programs' counters")
 			continue
 		}
-		for _, name := range dropEvents {
-			if d := now[name] - last[name]; d > 0 && last != nil {
-				klog.InfoS("Connections from outside the node dropped", "reason", name, "count", d, "in", interval,
-					"hint", dropHints[name])
-			}
+		for _, d := range dropsSince(last, now) {
+			klog.InfoS("Connections from outside the node dropped", "reason", d.reason, "count", d.count,
+				"in", interval, "hint", dropHints[d.reason])
 		}
 		last = now
 	}
+}
+
+type drop struct {
+	reason string
+	count  uint64
+}
+
+// dropsSince is what each drop counter gained from last to now (nothing when
+// last is unknown: a restart's pinned counters are not news).
+func dropsSince(last, now map[string]uint64) []drop {
+	var out []drop
+	for _, name := range dropEvents {
+		if d := now[name] - last[name]; last != nil && now[name] > last[name] {
+			out = append(out, drop{name, d})
+		}
+	}
+	return out
 }
 
 var dropHints = map[string]string{

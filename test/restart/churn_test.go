@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/utils/ptr"
-
 	"github.com/switchyard/switchyard/test/flow"
 	"github.com/switchyard/switchyard/test/topology"
 )
@@ -59,29 +57,11 @@ func churnScenario() topology.Scenario {
 
 // churnObjects: the node, and the NodePort service "churn" (ports rr, close and udp) on the one pod.
 func churnObjects() flow.Objects {
-	c := flow.Case{
-		Name: "churn",
-		Node: flow.Node{Name: nodeName, IPs: []string{extNodeIP}},
-		Services: []flow.Service{{
-			Namespace: "default", Name: "churn", Type: "NodePort", ClusterIP: "172.30.0.50", ExternalTrafficPolicy: "Cluster",
-			Ports: []flow.ServicePort{
-				{Name: "rr", Protocol: "TCP", Port: 90, TargetPort: rrPort, NodePort: rrNP},
-				{Name: "close", Protocol: "TCP", Port: 91, TargetPort: closePort, NodePort: closeNP},
-				{Name: "udp", Protocol: "UDP", Port: 53, TargetPort: udpPort, NodePort: udpNP},
-			},
-		}},
-		EndpointSlices: []flow.EndpointSlice{{
-			Namespace: "default", Service: "churn", Name: "churn-1", AddressType: "IPv4",
-			Ports: []flow.EndpointPort{
-				{Name: "rr", Protocol: "TCP", Port: rrPort},
-				{Name: "close", Protocol: "TCP", Port: closePort},
-				{Name: "udp", Protocol: "UDP", Port: udpPort},
-			},
-			Endpoints: []flow.Endpoint{{Addresses: []string{localIP}, Ready: ptr.To(true), Serving: ptr.To(true),
-				Terminating: ptr.To(false), NodeName: ptr.To(nodeName)}},
-		}},
-	}
-	return c.ToObjects()
+	return nodePortObjects("churn", "churn", "172.30.0.50", []flow.ServicePort{
+		{Name: "rr", Protocol: "TCP", Port: 90, TargetPort: rrPort, NodePort: rrNP},
+		{Name: "close", Protocol: "TCP", Port: 91, TargetPort: closePort, NodePort: closeNP},
+		{Name: "udp", Protocol: "UDP", Port: 53, TargetPort: udpPort, NodePort: udpNP},
+	}, endpoint(localIP, nodeName))
 }
 
 // TestNewConnectionsPastThePortLimit opens 2,000 new connections a second for 20 s from outside to

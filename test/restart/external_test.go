@@ -68,30 +68,33 @@ func externalScenario() topology.Scenario {
 
 // externalObjects: the node, and the NodePort service "web" (ports greet and rr) on both pods.
 func externalObjects() flow.Objects {
-	ep := func(ip, node string) flow.Endpoint {
-		return flow.Endpoint{Addresses: []string{ip}, Ready: ptr.To(true), Serving: ptr.To(true),
-			Terminating: ptr.To(false), NodeName: ptr.To(node)}
+	return nodePortObjects("restart-external", "web", "172.30.0.40", []flow.ServicePort{
+		{Name: "greet", Protocol: "TCP", Port: 80, TargetPort: greetPort, NodePort: greetNP},
+		{Name: "rr", Protocol: "TCP", Port: 90, TargetPort: rrPort, NodePort: rrNP},
+	}, endpoint(localIP, nodeName), endpoint(remoteIP, remoteNode))
+}
+
+// nodePortObjects: the node, and NodePort service svc (externalTrafficPolicy Cluster) with ports on
+// the endpoints, each port's pod port its targetPort.
+func nodePortObjects(caseName, svc, clusterIP string, ports []flow.ServicePort, eps ...flow.Endpoint) flow.Objects {
+	sl := flow.EndpointSlice{Namespace: "default", Service: svc, Name: svc + "-1", AddressType: "IPv4", Endpoints: eps}
+	for _, p := range ports {
+		sl.Ports = append(sl.Ports, flow.EndpointPort{Name: p.Name, Protocol: p.Protocol, Port: p.TargetPort})
 	}
 	c := flow.Case{
-		Name: "restart-external",
+		Name: caseName,
 		Node: flow.Node{Name: nodeName, IPs: []string{extNodeIP}},
-		Services: []flow.Service{{
-			Namespace: "default", Name: "web", Type: "NodePort", ClusterIP: "172.30.0.40", ExternalTrafficPolicy: "Cluster",
-			Ports: []flow.ServicePort{
-				{Name: "greet", Protocol: "TCP", Port: 80, TargetPort: greetPort, NodePort: greetNP},
-				{Name: "rr", Protocol: "TCP", Port: 90, TargetPort: rrPort, NodePort: rrNP},
-			},
-		}},
-		EndpointSlices: []flow.EndpointSlice{{
-			Namespace: "default", Service: "web", Name: "web-1", AddressType: "IPv4",
-			Ports: []flow.EndpointPort{
-				{Name: "greet", Protocol: "TCP", Port: greetPort},
-				{Name: "rr", Protocol: "TCP", Port: rrPort},
-			},
-			Endpoints: []flow.Endpoint{ep(localIP, nodeName), ep(remoteIP, remoteNode)},
-		}},
+		Services: []flow.Service{{Namespace: "default", Name: svc, Type: "NodePort", ClusterIP: clusterIP,
+			ExternalTrafficPolicy: "Cluster", Ports: ports}},
+		EndpointSlices: []flow.EndpointSlice{sl},
 	}
 	return c.ToObjects()
+}
+
+// endpoint is a ready endpoint on node.
+func endpoint(ip, node string) flow.Endpoint {
+	return flow.Endpoint{Addresses: []string{ip}, Ready: ptr.To(true), Serving: ptr.To(true),
+		Terminating: ptr.To(false), NodeName: ptr.To(node)}
 }
 
 // The long-lived connections: this many, each with a request every interval, for this long
