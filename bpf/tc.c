@@ -1146,7 +1146,7 @@ static __always_inline int local_socket(struct __sk_buff *skb, const struct ct_k
  * forgets the old flow's forward entry, as conntrack kills the old entry: a late packet of the
  * old connection must not reach the new one's backend as if it belonged there.
  */
-static __always_inline int snat_port(struct __sk_buff *skb, struct flow_tmp *t, int v6, __u64 now, int is_syn)
+static __always_inline int snat_port(struct __sk_buff *skb, struct flow_tmp *t, const struct pkt *p, __u64 now, int is_syn)
 {
 	__u32 zero = 0;
 	struct snat_ports *range = bpf_map_lookup_elem(&snat_ports, &zero);
@@ -1162,7 +1162,7 @@ static __always_inline int snat_port(struct __sk_buff *skb, struct flow_tmp *t, 
 		if (!random_snat_port(range, &port))
 			return -1;
 		t->rk.dport = bpf_htons(port);
-		if (local_socket(skb, &t->rk, v6))
+		if (local_socket(skb, &t->rk, p->v6))
 			continue;
 		old = ct_get(&t->rk, &assured);
 		if (!old) {
@@ -1200,7 +1200,7 @@ static __always_inline int is_zero(const __u8 a[16])
  * be, SNATed to the node address when masq: returns the forward entry's rewrite in fv.
  */
 static __always_inline int open_flow(struct __sk_buff *skb, const struct pkt *p, __u32 backend_id,
-				     const struct backend *be, int masq, struct flow_tmp *t)
+				     const struct backend *be, int masq, struct flow_tmp *t, int forget)
 {
 	struct ct_val *fv = &t->fv, *rv = &t->rv;
 	__u64 now = bpf_ktime_get_ns();
@@ -1215,7 +1215,8 @@ static __always_inline int open_flow(struct __sk_buff *skb, const struct pkt *p,
 	rv->dport = p->t.sport;
 	rv->backend_id = backend_id;
 	rv->is_reply = 1;
-	forget_assured(&p->t);
+	if (forget)
+		forget_assured(&p->t);
 	if (masq) {
 		__u32 family = p->v6 ? 1 : 0;
 		struct snat_addr *sa = bpf_map_lookup_elem(&snat_addrs, &family);
@@ -1226,7 +1227,7 @@ static __always_inline int open_flow(struct __sk_buff *skb, const struct pkt *p,
 		__builtin_memcpy(t->rk.daddr, sa->addr, 16);
 		if (is_syn && load_seg(skb, p, &t->syn) < 0)
 			is_syn = 0;
-		if (snat_port(skb, t, p->v6, now, is_syn) < 0)
+		if (snat_port(skb, t, p, now, is_syn) < 0)
 			return -1;
 	} else {
 		__builtin_memcpy(t->rk.daddr, p->t.saddr, 16);
@@ -1248,8 +1249,10 @@ static __always_inline int open_flow(struct __sk_buff *skb, const struct pkt *p,
 /*
  * A new connection to a frontend from outside: DNAT (and SNAT), REJECT, DROP, or not ours. A
  * function of its own (a BPF-to-BPF call): its stack and the established path's do not add up.
+ * forget: ct_assured has an entry for the client's tuple (a flow that expired or lost its
+ * backend) that must go first.
  */
-static __noinline int new_flow(struct __sk_buff *skb, struct pkt *p)
+static __noinline int new_flow(struct __sk_buff *skb, struct pkt *p, int forget)
 {
 	struct client_affinity_key ak = {};
 	struct svc_key key = {};
@@ -1293,7 +1296,7 @@ static __noinline int new_flow(struct __sk_buff *skb, struct pkt *p)
 	if (!t)
 		return fail_shot();
 	__builtin_memset(t, 0, sizeof(*t));
-	if (open_flow(skb, p, backend_id, be, svc->flags & SVC_F_MASQ, t) < 0) {
+	if (open_flow(skb, p, backend_id, be, svc->flags & SVC_F_MASQ, t, forget) < 0) {
 		count(EV_DROP_NO_PORT); /* like a full conntrack table */
 		return TC_ACT_SHOT;
 	}
@@ -1454,7 +1457,7 @@ static __always_inline int handle(struct __sk_buff *skb, int external, int redir
 	}
 	if (!external || !redirect)
 		return TC_ACT_OK;
-	return new_flow(skb, &p);
+	return new_flow(skb, &p, assured);
 }
 
 /* Ingress of the devices that face the outside (the node addresses' devices, or --devices). */
