@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -52,6 +53,7 @@ type Backend struct {
 	devices   *deviceSet
 	gc        *ctGC
 	stop      context.CancelFunc // ends the device watch, the collector and the drop log
+	bg        sync.WaitGroup     // the collector and the drop log, done before the maps close
 }
 
 // How often expired connections leave ct_assured, and how often dropped
@@ -112,8 +114,8 @@ func NewBackend(cfg Config) (*Backend, error) {
 // namespace, the one NewBackend runs in.
 func (b *Backend) watchDevices() error {
 	ctx, cancel := context.WithCancel(context.Background())
-	go b.gc.run(ctx, ctGCInterval)
-	go logDrops(ctx, b.objs.TC.Events, dropLogInterval)
+	b.bg.Go(func() { b.gc.run(ctx, ctGCInterval) })
+	b.bg.Go(func() { logDrops(ctx, b.objs.TC.Events, dropLogInterval) })
 	notify := func() {
 		if err := b.devices.sync(false); err != nil {
 			klog.ErrorS(err, "Attaching the tc programs to the node's devices")
@@ -193,6 +195,7 @@ func (b *Backend) Close() error {
 	if b.stop != nil {
 		b.stop()
 	}
+	b.bg.Wait()
 	return errors.Join(b.devices.close(), b.objs.Close())
 }
 
