@@ -69,9 +69,8 @@
  * connections get (net.ipv4.ip_local_port_range) and without the NodePort range (the Go side
  * writes what is left into snat_ports): a pod's unconnected UDP reply to node:port would meet
  * the socket hook's NodePort translation. A port a local socket holds towards the backend (or
- * listens on) is skipped. The search is
- * bounded: a port is free, or held by a flow that is gone, or by a closed flow whose tuple the
- * new connection may take over (see may_take_over).
+ * listens on) is skipped. The search is bounded: a port is free, or held by a flow that is gone,
+ * or by a closed flow whose tuple the new connection may take over (see may_take_over).
  */
 #define SNAT_TRIES 24
 
@@ -460,7 +459,8 @@ static __always_inline int load_seg(struct __sk_buff *skb, const struct pkt *p, 
 {
 	__u8 h[10]; /* seq, ack, data offset, flags */
 	struct scratch *sc;
-	__u32 seq, ack, hlen, optlen;
+	__u32 seq, ack, hlen;
+	__u64 optlen; /* 64 bits: a 32-bit one is tested on a zero-extended copy the verifier does not tie to it */
 
 	if (bpf_skb_load_bytes(skb, p->l4 + 4, h, sizeof(h)) < 0)
 		return -1;
@@ -473,7 +473,17 @@ static __always_inline int load_seg(struct __sk_buff *skb, const struct pkt *p, 
 	s->ack = bpf_ntohl(ack);
 	s->end = s->seq + (p->l4_len - hlen) + !!(h[9] & TCP_SYN) + !!(h[9] & TCP_FIN);
 	optlen = hlen - 20;
-	if (!optlen || optlen > TCP_OPT_MAX)
+	/*
+	 * The length must be bounded below for 6.1's verifier, which learns nothing from "== 0":
+	 * "< 4" (options come in words) does it. The barriers keep clang from knowing optlen is a
+	 * multiple of 4 (it would test "== 0" after all) and from folding both tests into one
+	 * comparison on another register.
+	 */
+	asm volatile("" : "+r"(optlen));
+	if (optlen < 4)
+		return 0;
+	asm volatile("" : "+r"(optlen));
+	if (optlen > TCP_OPT_MAX)
 		return 0;
 	sc = get_scratch();
 	if (!sc || bpf_skb_load_bytes(skb, p->l4 + 20, sc->opts, optlen) < 0)
