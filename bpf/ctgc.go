@@ -2,7 +2,6 @@ package bpf
 
 import (
 	"context"
-	"slices"
 	"sync/atomic"
 	"time"
 
@@ -54,20 +53,22 @@ func turned(v tcCtVal, proto uint8) tcCtKey {
 // collect makes one pass: it returns how many entries it deleted.
 func (g *ctGC) collect() (int, error) {
 	now := g.now()
-	var doomed, ended, replies []tcCtKey
+	var doomed []tcCtKey
+	deadFlows := map[tcCtKey]bool{}
+	replies := map[tcCtKey]tcCtVal{}
 	var n int64
 	err := g.ct.Each(func(k tcCtKey, v tcCtVal) bool {
 		n++
 		switch {
 		case v.IsReply == 0 && dead(v, now):
 			doomed = append(doomed, k)
-			ended = append(ended, turned(v, k.Proto))
+			deadFlows[k] = true
 		case v.IsReply != 0 && v.Expires != 0:
 			if dead(v, now) { // a reopened flow's hold on its old port
 				doomed = append(doomed, k)
 			}
 		case v.IsReply != 0:
-			replies = append(replies, k)
+			replies[k] = v
 		}
 		return true
 	})
@@ -75,15 +76,12 @@ func (g *ctGC) collect() (int, error) {
 		return 0, err
 	}
 	g.entries.Store(n)
-	for _, rk := range ended {
-		// The reply entry of a flow that is over, unless another flow owns that port now.
-		if r, ok, err := g.ct.Get(rk); err == nil && ok && r.IsReply != 0 && r.Expires == 0 && g.ownedBy(r, rk, doomed) {
-			doomed = append(doomed, rk)
-		}
-	}
 	suspects := map[tcCtKey]bool{}
-	for _, rk := range replies {
-		if g.orphan(rk, now) {
+	for rk, r := range replies {
+		switch g.flowState(rk, r, deadFlows, now) {
+		case flowOver:
+			doomed = append(doomed, rk)
+		case flowMissing:
 			if g.suspects[rk] {
 				doomed = append(doomed, rk)
 			} else {
@@ -102,22 +100,28 @@ func (g *ctGC) collect() (int, error) {
 	return deleted, nil
 }
 
-// ownedBy: reply entry r (key rk) belongs to a flow among the doomed.
-func (g *ctGC) ownedBy(r tcCtVal, rk tcCtKey, doomed []tcCtKey) bool {
-	return slices.Contains(doomed, turned(r, rk.Proto))
-}
+const (
+	flowLive    = iota
+	flowOver    // expired: it stays so, its reply entry can go now
+	flowMissing // absent or not owning the port: perhaps half-written, so only on a second look
+)
 
-// orphan: the reply entry rk has no live flow that owns it.
-func (g *ctGC) orphan(rk tcCtKey, now uint64) bool {
-	r, ok, err := g.ct.Get(rk)
-	if err != nil || !ok {
-		return false // gone meanwhile, or unreadable: nothing to decide
+// flowState is what became of the flow that reply entry r (key rk) belongs to.
+func (g *ctGC) flowState(rk tcCtKey, r tcCtVal, deadFlows map[tcCtKey]bool, now uint64) int {
+	fk := turned(r, rk.Proto)
+	if deadFlows[fk] {
+		return flowOver
 	}
-	f, ok, err := g.ct.Get(turned(r, rk.Proto))
-	if err != nil {
-		return false
+	f, ok, err := g.ct.Get(fk)
+	switch {
+	case err != nil:
+		return flowLive // unreadable: nothing to decide
+	case !ok || f.IsReply != 0 || turned(f, rk.Proto) != rk:
+		return flowMissing
+	case dead(f, now):
+		return flowOver
 	}
-	return !ok || f.IsReply != 0 || dead(f, now) || turned(f, rk.Proto) != rk
+	return flowLive
 }
 
 // run collects every interval until ctx ends.
