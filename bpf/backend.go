@@ -178,8 +178,8 @@ func (b *Backend) Sync(ctx context.Context, st *dataplane.State, changes *datapl
 // devices (all of them again with full).
 func (b *Backend) syncNode(st *dataplane.State, full bool) error {
 	err := b.nat.setNodeIPs(st.Node.IPs, full)
-	if full { // the node's ephemeral port range may have changed
-		err = errors.Join(err, runInNetns(b.devices.ns, b.nat.setPortRange))
+	if full {
+		err = errors.Join(err, b.nat.setPortRange())
 	}
 	b.devices.setNodeIPs(st.Node.IPs)
 	return errors.Join(err, b.devices.sync(full))

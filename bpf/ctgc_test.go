@@ -95,29 +95,20 @@ func TestCTGCDeletesWhatIsOver(t *testing.T) {
 	}
 }
 
-func TestSNATPortsLeaveTheEphemeralRange(t *testing.T) {
-	np := portSpan{30000, 32767}
+func TestSNATPortsLeaveTheNodePortRange(t *testing.T) {
 	for _, c := range []struct {
-		ephemeral, nodePorts portSpan
-		want                 tcSnatPorts
+		nodePorts portSpan
+		want      tcSnatPorts
 	}{
-		{portSpan{32768, 60999}, np, tcSnatPorts{Min: [4]uint32{1024, 61000}, Span: [4]uint32{28976, 4536}}},
-		{portSpan{32768, 60999}, portSpan{1, 0}, tcSnatPorts{Min: [4]uint32{1024, 61000}, Span: [4]uint32{31744, 4536}}},
-		{portSpan{1024, 65535}, np, tcSnatPorts{}},
-		{portSpan{1, 40000}, np, tcSnatPorts{Min: [4]uint32{40001}, Span: [4]uint32{25535}}},
-		{portSpan{40000, 50000}, portSpan{20000, 22767}, tcSnatPorts{Min: [4]uint32{1024, 22768, 50001}, Span: [4]uint32{18976, 17232, 15535}}},
+		{portSpan{30000, 32767}, tcSnatPorts{Min: [4]uint32{1024, 32768}, Span: [4]uint32{28976, 32768}}},
+		{portSpan{1, 0}, tcSnatPorts{Min: [4]uint32{1024}, Span: [4]uint32{64512}}},
+		{portSpan{1, 1024}, tcSnatPorts{Min: [4]uint32{1025}, Span: [4]uint32{64511}}},
+		{portSpan{60000, 65535}, tcSnatPorts{Min: [4]uint32{1024}, Span: [4]uint32{58976}}},
+		{portSpan{1, 65535}, tcSnatPorts{}},
 	} {
-		if got := snatPortsFor(c.ephemeral, c.nodePorts); got != c.want {
-			t.Errorf("ephemeral %v, NodePorts %v: %+v, want %+v", c.ephemeral, c.nodePorts, got, c.want)
+		if got := snatPortsFor(c.nodePorts); got != c.want {
+			t.Errorf("NodePorts %v: %+v, want %+v", c.nodePorts, got, c.want)
 		}
-	}
-	for _, bad := range []string{"", "1", "60999 32768", "x 2", "1 70000"} {
-		if _, _, err := parsePortRange(bad); err == nil {
-			t.Errorf("ip_local_port_range %q accepted", bad)
-		}
-	}
-	if lo, hi, err := parsePortRange("32768\t60999\n"); err != nil || lo != 32768 || hi != 60999 {
-		t.Errorf("parsePortRange: %d %d %v", lo, hi, err)
 	}
 }
 

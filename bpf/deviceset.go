@@ -97,7 +97,10 @@ func (d *deviceSet) programsFor(dev Device) []TCProgram {
 			{Name: "ext_out", Ingress: false, Program: d.progs.ExtEgress},
 		}
 	}
-	return []TCProgram{{Name: "pod_in", Ingress: true, Program: d.progs.PodIngress}}
+	return []TCProgram{
+		{Name: "pod_in", Ingress: true, Program: d.progs.PodIngress},
+		{Name: "pod_out", Ingress: false, Program: d.progs.PodEgress},
+	}
 }
 
 func (d *deviceSet) close() error {

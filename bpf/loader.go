@@ -86,6 +86,7 @@ type tcOwn struct {
 	ExtIngress     *ebpf.Program `ebpf:"ext_ingress"`
 	ExtEgress      *ebpf.Program `ebpf:"ext_egress"`
 	PodIngress     *ebpf.Program `ebpf:"pod_ingress"`
+	PodEgress      *ebpf.Program `ebpf:"pod_egress"`
 	CTAssured      *ebpf.Map     `ebpf:"ct_assured"`      // tcCtKey -> tcCtVal: established flows
 	CTLRU          *ebpf.Map     `ebpf:"ct_lru"`          // tcCtKey -> tcCtVal (LRU): the others
 	ClientAffinity *ebpf.Map     `ebpf:"client_affinity"` // tcClientAffinityKey -> tcAffinityVal (LRU)
@@ -98,7 +99,7 @@ type tcOwn struct {
 
 func (t *tcOwn) close() error {
 	var errs []error
-	for _, c := range []interface{ Close() error }{t.ExtIngress, t.ExtEgress, t.PodIngress,
+	for _, c := range []interface{ Close() error }{t.ExtIngress, t.ExtEgress, t.PodIngress, t.PodEgress,
 		t.CTAssured, t.CTLRU, t.ClientAffinity, t.SourceRanges, t.ClusterCIDRs, t.SNATAddrs, t.SNATPorts, t.Events} {
 		errs = append(errs, c.Close()) // nil-safe: Load may have failed half-way
 	}

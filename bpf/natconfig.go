@@ -4,9 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
-	"strconv"
-	"strings"
 	"sync"
 
 	"github.com/switchyard/switchyard/dataplane"
@@ -106,39 +103,34 @@ func cidrKey(p netip.Prefix) tcCidrKey {
 	return tcCidrKey{Prefixlen: uint32(bits), Addr: addr16(p.Addr())}
 }
 
-// localPortRange is where the node's own sockets get their ports when they do
-// not choose one (connect(), bind to port 0): the masquerade ports stay out of it.
-const localPortRange = "/proc/sys/net/ipv4/ip_local_port_range"
-
 // portSpan is the ports first..last.
 type portSpan struct{ first, last uint32 }
 
 // snatPortsFor is what the tc programs draw masquerade ports from: 1024-65535
-// without the node's ephemeral range and without the NodePort range. A port the
-// node's own connection gets later could collide with a masqueraded flow that no
-// lookup saw coming; a pod's unconnected UDP reply to the node address and a
-// NodePort would be translated by the socket hooks as a connection to that
+// without the NodePort range. A pod's unconnected UDP reply to the node address
+// and a NodePort would be translated by the socket hooks as a connection to that
 // NodePort; a port below 1024 looks like a privileged client to some servers.
-func snatPortsFor(ephemeral, nodePorts portSpan) tcSnatPorts {
+// The node's ephemeral ports are in: a connection of the node's own that gets a
+// port a masqueraded flow holds is moved to another one on the wire (tc.c's
+// host_flow), as conntrack does.
+func snatPortsFor(nodePorts portSpan) tcSnatPorts {
 	spans := []portSpan{{1024, 65535}}
-	for _, cut := range []portSpan{ephemeral, nodePorts} {
-		var left []portSpan
-		for _, s := range spans {
-			if cut.last < s.first || cut.first > s.last || cut.first > cut.last {
-				left = append(left, s)
-				continue
-			}
-			if cut.first > s.first {
-				left = append(left, portSpan{s.first, cut.first - 1})
-			}
-			if cut.last < s.last {
-				left = append(left, portSpan{cut.last + 1, s.last})
-			}
+	cut := nodePorts
+	var left []portSpan
+	for _, s := range spans {
+		if cut.last < s.first || cut.first > s.last || cut.first > cut.last {
+			left = append(left, s)
+			continue
 		}
-		spans = left
+		if cut.first > s.first {
+			left = append(left, portSpan{s.first, cut.first - 1})
+		}
+		if cut.last < s.last {
+			left = append(left, portSpan{cut.last + 1, s.last})
+		}
 	}
-	var p tcSnatPorts // two cuts leave at most three spans
-	for i, s := range spans {
+	var p tcSnatPorts // one cut leaves at most two spans
+	for i, s := range left {
 		p.Min[i], p.Span[i] = s.first, s.last-s.first+1
 	}
 	return p
@@ -152,40 +144,15 @@ func (p tcSnatPorts) count() uint32 {
 	return n
 }
 
-// parsePortRange reads ip_local_port_range's "lo hi".
-func parsePortRange(s string) (lo, hi uint16, err error) {
-	f := strings.Fields(s)
-	if len(f) != 2 {
-		return 0, 0, fmt.Errorf("%s: want two ports, got %q", localPortRange, s)
-	}
-	l, err1 := strconv.ParseUint(f[0], 10, 16)
-	h, err2 := strconv.ParseUint(f[1], 10, 16)
-	if err := errors.Join(err1, err2); err != nil || l > h {
-		return 0, 0, fmt.Errorf("%s: bad range %q", localPortRange, s)
-	}
-	return uint16(l), uint16(h), nil
-}
-
-// setPortRange gives the tc programs the masquerade ports for the node's current
-// ip_local_port_range (read in the calling thread's network namespace) and the
-// NodePort range.
+// setPortRange gives the tc programs the masquerade ports left by the NodePort range.
 func (n *natConfig) setPortRange() error {
-	b, err := os.ReadFile(localPortRange)
-	if err != nil {
-		return err
-	}
-	lo, hi, err := parsePortRange(string(b))
-	if err != nil {
-		return err
-	}
 	np := portSpan{1, 0} // none
 	if r := n.nodePorts; r.Size > 0 {
 		np = portSpan{uint32(r.Base), uint32(r.Base + r.Size - 1)}
 	}
-	p := snatPortsFor(portSpan{uint32(lo), uint32(hi)}, np)
+	p := snatPortsFor(np)
 	if p.count() == 0 {
-		return fmt.Errorf("no masquerade ports: %s %d-%d and the NodePort range %v leave none of 1024-65535",
-			localPortRange, lo, hi, n.nodePorts)
+		return fmt.Errorf("no masquerade ports: the NodePort range %v leaves none of 1024-65535", n.nodePorts)
 	}
 	if err := n.ports.Put(0, p); err != nil {
 		return fmt.Errorf("masquerade ports: %w", err)

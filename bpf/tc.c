@@ -65,12 +65,14 @@
 #define TCPOLEN_TS 10
 
 /*
- * Masquerade source ports are drawn at random from 1024-65535 without the ports the node's own
- * connections get (net.ipv4.ip_local_port_range) and without the NodePort range (the Go side
- * writes what is left into snat_ports): a pod's unconnected UDP reply to node:port would meet
+ * Masquerade source ports: the client's own port when it is free (conntrack's NAT tries the
+ * original tuple first), else drawn at random from 1024-65535 without the NodePort range (the Go
+ * side writes what is left into snat_ports): a pod's unconnected UDP reply to node:port would meet
  * the socket hook's NodePort translation. A port a local socket holds towards the backend (or
- * listens on) is skipped. The search is bounded: a port is free, or held by a flow that is gone,
- * or by a closed flow whose tuple the new connection may take over (see may_take_over).
+ * listens on) is skipped; a connection of the node's own that the kernel gives a port a flow holds
+ * later is moved to another port on its way out (host_flow), as conntrack remaps it. The search
+ * is bounded: a port is free, or held by a flow that is gone, or by a closed flow whose tuple the
+ * new connection may take over (see may_take_over).
  */
 #define SNAT_TRIES 24
 
@@ -111,7 +113,8 @@ struct ct_val {
 	__u8 has_ts;   /* fwd_ts is set */
 	__u8 unprotected; /* established while ct_assured was full: left in ct_lru */
 	__u8 stream;	  /* UDP: the client sent again after a reply */
-	__u8 pad[5];
+	__u8 host;	  /* the node's own connection, given another port (host_flow) */
+	__u8 pad[4];
 	/* forward entries: bpf_ktime_get_ns() after which the flow is gone; reply entries: until
 	 * when a replaced flow's backend holds the port in TIME_WAIT (0: not) */
 	__u64 expires;
@@ -209,6 +212,7 @@ struct flow_tmp {
 	struct ct_val fv, rv; /* the forward and reply entries being written */
 	struct ct_key rk, fk; /* the reply key, and the forward key of a port's old holder */
 	struct tcp_seg syn;
+	struct bpf_sock_tuple sock; /* local_socket's lookup: kept off snat_port's stack */
 };
 
 struct {
@@ -246,6 +250,7 @@ enum {
 	EV_TO_STACK,
 	EV_ERROR,
 	EV_CT_FULL,
+	EV_HOST_PORT,
 	EV_MAX,
 };
 
@@ -1119,81 +1124,119 @@ static __always_inline int random_snat_port(const struct snat_ports *r, __u16 *p
 	return 0;
 }
 
-/* A socket of the node owns the tuple rk's reply would arrive on (connected, or listening). */
-static __always_inline int local_socket(struct __sk_buff *skb, const struct ct_key *rk, int v6)
+static __always_inline int is_snat_port(const struct snat_ports *r, __u16 port)
 {
-	struct bpf_sock_tuple t = {};
+	for (int i = 0; i < SNAT_RANGES; i++)
+		if (port >= r->min[i] && port - r->min[i] < r->span[i])
+			return 1;
+	return 0;
+}
+
+/* A socket of the node owns the tuple t->rk's reply would arrive on (connected, or listening). */
+static __always_inline int local_socket(struct __sk_buff *skb, struct flow_tmp *t, int v6)
+{
+	struct bpf_sock_tuple *st = &t->sock;
+	const struct ct_key *rk = &t->rk;
 	struct bpf_sock *sk;
 	__u32 size;
 
+	__builtin_memset(st, 0, sizeof(*st));
 	if (v6) {
-		__builtin_memcpy(t.ipv6.saddr, rk->saddr, 16);
-		__builtin_memcpy(t.ipv6.daddr, rk->daddr, 16);
-		t.ipv6.sport = rk->sport;
-		t.ipv6.dport = rk->dport;
-		size = sizeof(t.ipv6);
+		__builtin_memcpy(st->ipv6.saddr, rk->saddr, 16);
+		__builtin_memcpy(st->ipv6.daddr, rk->daddr, 16);
+		st->ipv6.sport = rk->sport;
+		st->ipv6.dport = rk->dport;
+		size = sizeof(st->ipv6);
 	} else {
-		__builtin_memcpy(&t.ipv4.saddr, rk->saddr + 12, 4);
-		__builtin_memcpy(&t.ipv4.daddr, rk->daddr + 12, 4);
-		t.ipv4.sport = rk->sport;
-		t.ipv4.dport = rk->dport;
-		size = sizeof(t.ipv4);
+		__builtin_memcpy(&st->ipv4.saddr, rk->saddr + 12, 4);
+		__builtin_memcpy(&st->ipv4.daddr, rk->daddr + 12, 4);
+		st->ipv4.sport = rk->sport;
+		st->ipv4.dport = rk->dport;
+		size = sizeof(st->ipv4);
 	}
 	if (rk->proto == IPPROTO_TCP)
-		sk = bpf_skc_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+		sk = bpf_skc_lookup_tcp(skb, st, size, BPF_F_CURRENT_NETNS, 0);
 	else
-		sk = bpf_sk_lookup_udp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+		sk = bpf_sk_lookup_udp(skb, st, size, BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return 0;
 	bpf_sk_release(sk);
 	return 1;
 }
 
+/* One search for a masquerade port (snat_port), shared with its steps. */
+struct snat_search {
+	struct __sk_buff *skb;
+	struct flow_tmp *t;
+	const struct snat_ports *range;
+	__u64 now;
+	__u16 want; /* host order */
+	__u8 v6, is_syn, found;
+};
+
 /*
- * Picks a source port on the masquerade address for a flow to the backend in rk and writes the
- * flow's reply entry rv there: a port no entry has, or whose holder is gone or lets the new
- * connection take it over (syn: the new connection's SYN, NULL for anything else). Taking over
- * forgets the old flow's forward entry, as conntrack kills the old entry: a late packet of the
- * old connection must not reach the new one's backend as if it belonged there.
+ * One try (the i-th): a port no entry has, or whose holder is gone or lets the new connection
+ * take it over. bpf_loop verifies it once, where an unrolled loop would multiply the verifier's
+ * states by every path into it (ext_ingress came near the million instructions).
  */
-static __always_inline int snat_port(struct __sk_buff *skb, struct flow_tmp *t, const struct pkt *p, __u64 now, int is_syn)
+static long snat_try(__u32 i, void *data)
+{
+	struct snat_search *s = data;
+	struct flow_tmp *t = s->t;
+	const struct ct_val *h;
+	struct ct_val *old;
+	__u16 port = s->want;
+	int assured;
+
+	if (i > 0 || !is_snat_port(s->range, port)) {
+		if (!random_snat_port(s->range, &port))
+			return 1;
+	}
+	t->rk.dport = bpf_htons(port);
+	if (local_socket(s->skb, t, s->v6))
+		return 0;
+	old = ct_get(&t->rk, &assured);
+	if (!old) {
+		if (bpf_map_update_elem(&ct_lru, &t->rk, &t->rv, BPF_NOEXIST) < 0)
+			return 0;
+		s->found = 1;
+		return 1;
+	}
+	if (!old->is_reply) /* a flow from the backend's own address and port: not ours */
+		return 0;
+	__builtin_memset(&t->fk, 0, sizeof(t->fk));
+	h = port_holder(old, &t->rk, &t->fk, s->now);
+	if (h && !may_take_over(h, s->is_syn ? &t->syn : 0))
+		return 0;
+	if (t->fk.proto)
+		retire(&t->fk);
+	if (assured)
+		bpf_map_delete_elem(&ct_assured, &t->rk);
+	if (bpf_map_update_elem(&ct_lru, &t->rk, &t->rv, BPF_ANY) < 0)
+		return 0;
+	s->found = 1;
+	return 1;
+}
+
+/*
+ * Picks a source port on the masquerade address for a flow to the backend in t->rk and writes
+ * the flow's reply entry t->rv there (see snat_try), trying the client's own port (want,
+ * network order) first. Taking over forgets the old flow's forward entry, as conntrack kills the
+ * old entry: a late packet of the old connection must not reach the new one's backend as if it
+ * belonged there.
+ */
+static __always_inline int snat_port(struct __sk_buff *skb, struct flow_tmp *t, __u16 want, int v6, int is_syn)
 {
 	__u32 zero = 0;
 	struct snat_ports *range = bpf_map_lookup_elem(&snat_ports, &zero);
+	struct snat_search s = {.skb = skb, .t = t, .now = bpf_ktime_get_ns(), .want = bpf_ntohs(want),
+				.v6 = v6, .is_syn = is_syn};
 
 	if (!range)
 		return -1;
-	for (int i = 0; i < SNAT_TRIES; i++) {
-		const struct ct_val *h;
-		struct ct_val *old;
-		__u16 port;
-		int assured;
-
-		if (!random_snat_port(range, &port))
-			return -1;
-		t->rk.dport = bpf_htons(port);
-		if (local_socket(skb, &t->rk, p->v6))
-			continue;
-		old = ct_get(&t->rk, &assured);
-		if (!old) {
-			if (bpf_map_update_elem(&ct_lru, &t->rk, &t->rv, BPF_NOEXIST) == 0)
-				return 0;
-			continue;
-		}
-		if (!old->is_reply) /* a flow from the backend's own address and port: not ours */
-			continue;
-		__builtin_memset(&t->fk, 0, sizeof(t->fk));
-		h = port_holder(old, &t->rk, &t->fk, now);
-		if (h && !may_take_over(h, is_syn ? &t->syn : 0))
-			continue;
-		if (t->fk.proto)
-			retire(&t->fk);
-		if (assured)
-			bpf_map_delete_elem(&ct_assured, &t->rk);
-		if (bpf_map_update_elem(&ct_lru, &t->rk, &t->rv, BPF_ANY) == 0)
-			return 0;
-	}
-	return -1;
+	s.range = range;
+	bpf_loop(SNAT_TRIES, snat_try, &s, 0);
+	return s.found ? 0 : -1;
 }
 
 static __always_inline int is_zero(const __u8 a[16])
@@ -1237,7 +1280,7 @@ static __always_inline int open_flow(struct __sk_buff *skb, const struct pkt *p,
 		__builtin_memcpy(t->rk.daddr, sa->addr, 16);
 		if (is_syn && load_seg(skb, p, &t->syn) < 0)
 			is_syn = 0;
-		if (snat_port(skb, t, p, now, is_syn) < 0)
+		if (snat_port(skb, t, p->t.sport, p->v6, is_syn) < 0)
 			return -1;
 	} else {
 		__builtin_memcpy(t->rk.daddr, p->t.saddr, 16);
@@ -1314,6 +1357,65 @@ static __noinline int new_flow(struct __sk_buff *skb, struct pkt *p, int forget)
 	if (nat_l4(skb, p, &t->fv) < 0)
 		return fail_shot();
 	return forward(skb, p, t->fv.daddr, t->fv.saddr);
+}
+
+/*
+ * A connection of the node's own from the masquerade address whose reply tuple a masqueraded flow
+ * holds (the kernel checks only its sockets when it gives a port): its replies would be taken for
+ * that flow's. It gets another port on the wire, as conntrack's NAT remaps a local connection that
+ * clashes (a null binding through get_unique_tuple), and is tracked as a flow of its own. Only a
+ * packet that can start a connection gets here: a SYN, or a UDP datagram. reopen: an entry of an
+ * earlier connection on the tuple (closed, or expired) is there; it goes when no port is taken.
+ */
+static __noinline int host_flow(struct __sk_buff *skb, struct pkt *p, int reopen)
+{
+	__u32 family = p->v6 ? 1 : 0, zero = 0;
+	struct snat_addr *sa = bpf_map_lookup_elem(&snat_addrs, &family);
+	const struct ct_val *old;
+	struct flow_tmp *t;
+	int assured;
+
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN)
+		return TC_ACT_OK;
+	if (!sa || !addr_eq(sa->addr, p->t.saddr))
+		return TC_ACT_OK;
+	t = bpf_map_lookup_elem(&flow_tmp, &zero);
+	if (!t)
+		return TC_ACT_OK;
+	__builtin_memset(t, 0, sizeof(*t));
+	__builtin_memcpy(t->rk.saddr, p->t.daddr, 16);
+	__builtin_memcpy(t->rk.daddr, p->t.saddr, 16);
+	t->rk.sport = p->t.dport;
+	t->rk.dport = p->t.sport;
+	t->rk.proto = p->proto;
+	old = ct_get(&t->rk, &assured);
+	if (!old || !old->is_reply || !port_holder(old, &t->rk, &t->fk, bpf_ktime_get_ns())) {
+		if (reopen)
+			retire(&p->t);
+		return TC_ACT_OK;
+	}
+	__builtin_memcpy(t->rv.saddr, p->t.daddr, 16);
+	__builtin_memcpy(t->rv.daddr, p->t.saddr, 16);
+	t->rv.sport = p->t.dport;
+	t->rv.dport = p->t.sport;
+	t->rv.is_reply = 1;
+	t->rv.host = 1;
+	if (snat_port(skb, t, 0, p->v6, 0) < 0) {
+		count(EV_DROP_NO_PORT);
+		return TC_ACT_SHOT;
+	}
+	__builtin_memcpy(t->fv.saddr, p->t.saddr, 16);
+	__builtin_memcpy(t->fv.daddr, p->t.daddr, 16);
+	t->fv.sport = t->rk.dport;
+	t->fv.dport = p->t.dport;
+	t->fv.host = 1;
+	track(skb, &t->fv, p, 0, bpf_ktime_get_ns());
+	if (bpf_map_update_elem(&ct_lru, &p->t, &t->fv, BPF_ANY) < 0)
+		return fail_shot();
+	count(EV_HOST_PORT);
+	if (nat_l4(skb, p, &t->fv) < 0)
+		return fail_shot();
+	return TC_ACT_OK;
 }
 
 /* A forward entry is only good while its backend still exists: else the flow starts over. */
@@ -1427,13 +1529,15 @@ static __noinline int known_flow(struct __sk_buff *skb, struct pkt *p, struct ct
 	settle(&fk, f, f_assured, reply);
 	if (nat_l4(skb, p, &nv) < 0)
 		return fail_shot();
-	return redirect ? forward(skb, p, nv.daddr, nv.saddr) : TC_ACT_OK;
+	/* a reply to the node's own connection goes up its stack */
+	return redirect && !nv.host ? forward(skb, p, nv.daddr, nv.saddr) : TC_ACT_OK;
 }
 
 /*
  * external: the device faces the outside, so new connections are load-balanced here; on other
  * devices (pods') only packets of flows that exist are translated. redirect: translated packets
- * are forwarded by the program (ingress); on egress they just go on.
+ * are forwarded by the program (ingress); on egress they just go on, and the node's own
+ * connections are checked against the masqueraded flows' ports (host_flow).
  */
 static __always_inline int handle(struct __sk_buff *skb, int external, int redirect)
 {
@@ -1465,7 +1569,9 @@ static __always_inline int handle(struct __sk_buff *skb, int external, int redir
 		if (ret != NEW_FLOW)
 			return ret;
 	}
-	if (!external || !redirect)
+	if (!redirect)
+		return skb->sk ? host_flow(skb, &p, v != 0) : TC_ACT_OK;
+	if (!external)
 		return TC_ACT_OK;
 	return new_flow(skb, &p, assured);
 }
@@ -1474,12 +1580,23 @@ static __always_inline int handle(struct __sk_buff *skb, int external, int redir
 SEC("tc")
 int ext_ingress(struct __sk_buff *skb) { return handle(skb, 1, 1); }
 
-/* Egress of those devices: replies the stack routed itself (a backend on the node's network). */
+/* Egress of those devices: replies the stack routed itself (a backend on the node's network),
+ * and the node's own connections. */
 SEC("tc")
 int ext_egress(struct __sk_buff *skb) { return handle(skb, 0, 0); }
 
 /* Ingress of every other device (pods' veths): replies of backends on this node. */
 SEC("tc")
 int pod_ingress(struct __sk_buff *skb) { return handle(skb, 0, 1); }
+
+/* Egress of those devices: the node's own connections to its pods. What is forwarded or
+ * redirected here has no socket and is left alone at once. */
+SEC("tc")
+int pod_egress(struct __sk_buff *skb)
+{
+	if (!skb->sk)
+		return TC_ACT_OK;
+	return handle(skb, 0, 0);
+}
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

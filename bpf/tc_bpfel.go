@@ -71,7 +71,8 @@ type tcCtVal struct {
 	HasTs       uint8
 	Unprotected uint8
 	Stream      uint8
-	Pad         [5]uint8
+	Host        uint8
+	Pad         [4]uint8
 	Expires     uint64
 }
 
@@ -90,7 +91,17 @@ type tcFlowTmp struct {
 		HasTs uint8
 		_     [3]byte
 	}
-	_ [4]byte
+	Sock struct {
+		_    structs.HostLayout
+		Ipv4 struct {
+			_     structs.HostLayout
+			Saddr uint32
+			Daddr uint32
+			Sport uint16
+			Dport uint16
+		}
+		_ [24]byte
+	}
 }
 
 type tcRangeKey struct {
@@ -172,6 +183,7 @@ const (
 	tcMapSourceRanges   = "source_ranges"
 	tcProgExtEgress     = "ext_egress"
 	tcProgExtIngress    = "ext_ingress"
+	tcProgPodEgress     = "pod_egress"
 	tcProgPodIngress    = "pod_ingress"
 )
 
@@ -219,6 +231,7 @@ type tcSpecs struct {
 type tcProgramSpecs struct {
 	ExtEgress  *ebpf.ProgramSpec `ebpf:"ext_egress"`
 	ExtIngress *ebpf.ProgramSpec `ebpf:"ext_ingress"`
+	PodEgress  *ebpf.ProgramSpec `ebpf:"pod_egress"`
 	PodIngress *ebpf.ProgramSpec `ebpf:"pod_ingress"`
 }
 
@@ -309,6 +322,7 @@ type tcVariables struct {
 type tcPrograms struct {
 	ExtEgress  *ebpf.Program `ebpf:"ext_egress"`
 	ExtIngress *ebpf.Program `ebpf:"ext_ingress"`
+	PodEgress  *ebpf.Program `ebpf:"pod_egress"`
 	PodIngress *ebpf.Program `ebpf:"pod_ingress"`
 }
 
@@ -316,6 +330,7 @@ func (p *tcPrograms) Close() error {
 	return _TcClose(
 		p.ExtEgress,
 		p.ExtIngress,
+		p.PodEgress,
 		p.PodIngress,
 	)
 }

@@ -21,6 +21,7 @@ var tcEvents = [...]string{
 	"to_stack",          // translated, but left to the kernel's routing (no FIB result here)
 	"error",             // dropped: the packet could not be rewritten
 	"ct_full",           // an established connection left evictable: ct_assured is full (--bpf-ct-max)
+	"host_port",         // a connection of the node's own moved off a port a masqueraded flow holds
 }
 
 // TCEvents sums the per-CPU counters.

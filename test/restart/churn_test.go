@@ -37,10 +37,17 @@ var (
 // soakEnv sets TestIdleConnectionsOutliveChurn's idle time (a Go duration; `make soak` says 5m).
 const soakEnv = "SWITCHYARD_SOAK"
 
-// portLimitProof is how many connections a test must have made to have gone past the masquerade
-// ports towards one backend: 33,512 (1024-65535 outside the node's ip_local_port_range, 32768-60999
-// in a new namespace, and outside the NodePort range 30000-32767), each once held for 65 s after its
-// connection closed. Past them, only ports used again can carry the connections.
+// The TCP cases run with a NodePort range that leaves the masquerade ports 20,536 (1024 and
+// 45001-65535; the default leaves 61,744) and the node's own ephemeral ports 45001-60999 (the range
+// is reserved to NodePorts). portLimitProof is how many connections a test must have made to have
+// gone past those ports towards one backend, each once held for 65 s after its connection closed:
+// past them, only ports used again can carry the connections.
+const (
+	churnNodePorts = "--node-port-range=1025-45000"
+	churnMasqPorts = 20536
+	oldUDPPorts    = 33512 // 1024-65535 without 30000-60999: the masquerade ports up to 5e58b4c
+)
+
 const portLimitProof = 35000
 
 func churnScenario() topology.Scenario {
@@ -71,8 +78,10 @@ func churnObjects() flow.Objects {
 // the client holds TIME_WAIT), after the backend's TIME_WAIT when the pod did ("server closes"), so
 // the pod never sees a new connection on a tuple it still holds. Every connection must be answered,
 // by the pod, seeing the node address; the tc programs must drop nothing for want of a port or of
-// room in their connection tracking. "udp" sends 1,000 single-datagram exchanges a second (a new
-// socket each) through the UDP port of the service, under the same rules.
+// room in their connection tracking. "udp" sends 3,000 single-datagram exchanges a second (a new
+// socket each) through the UDP port of the service, under the same rules: each flow holds its port
+// 30 s, so ~39,000 at the end (the client's ports repeat), more than the 33,512 masquerade ports there
+// were while the node's ephemeral range was kept out of them.
 func TestNewConnectionsPastThePortLimit(t *testing.T) {
 	requirePrereqs(t)
 	if loadgenErr != nil {
@@ -82,16 +91,18 @@ func TestNewConnectionsPastThePortLimit(t *testing.T) {
 		name, dst, mode, backend string
 		rate                     int
 		closer                   string // TCP: who closes first, "client" or "pod"; these must go past the port limit
+		args                     []string
 	}{
-		{"client closes", rrFrontend, "conn", rrBackend, 2000, "client"},
-		{"server closes", closeFrontend, "conn", closeBackend, 2000, "pod"},
-		{"udp", udpFrontend, "udp", udpBackend, 1000, ""},
+		{"client closes", rrFrontend, "conn", rrBackend, 2000, "client", []string{churnNodePorts}},
+		{"server closes", closeFrontend, "conn", closeBackend, 2000, "pod", []string{churnNodePorts}},
+		// 30 s a flow, as conntrack: all alive at the end, so the default ports (61,744).
+		{"udp", udpFrontend, "udp", udpBackend, 3000, "", nil},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			// A node of its own: a subtest that ran out of ports must not leave the next one without.
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			t.Cleanup(cancel) // not deferred: see TestKill9UnderLoad
-			topo := startChurnNode(t, ctx)
+			topo := startChurnNode(t, ctx, c.args...)
 			r := runLoad(t, ctx, topo, "-dst", c.dst, "-mode", c.mode, "-rate", strconv.Itoa(c.rate),
 				"-duration", "20s", "-workers", "16", "-timeout", "1s")
 			checkLoad(t, c.name, r, c.backend)
@@ -100,12 +111,16 @@ func TestNewConnectionsPastThePortLimit(t *testing.T) {
 			}
 			if c.closer != "" && r.Requests < portLimitProof {
 				t.Errorf("%s: %d connections answered, want at least %d: fewer do not go past the masquerade ports "+
-					"(33,512, each once held for 65 s after its connection), so the test did not "+
+					"(20,536, each once held for 65 s after its connection), so the test did not "+
 					"test what it claims (no speed assertion: the load generator fell behind its %d a second, as "+
 					"failures hold a worker for their 1s timeout, or the machine was too busy)",
 					c.name, r.Requests, portLimitProof, c.rate)
 			}
-			checkNoDrops(t, ctx, topo)
+			evs := checkNoDrops(t, ctx, topo)
+			if c.closer == "" && evs["new_flow"] < oldUDPPorts {
+				t.Errorf("%s: %g flows (the client used some of its ports again: the same flow), want more than %d "+
+					"alive at once, or the test did not test what it claims (see portLimitProof)", c.name, evs["new_flow"], oldUDPPorts)
+			}
 		})
 	}
 }
@@ -224,7 +239,8 @@ func checkLoad(t *testing.T, what string, r loadResult, backend string) {
 }
 
 // checkTimeWait: the pod holds its connections' TIME_WAIT when it closed first (TIME_WAIT lasts
-// 60 s, the test 20 s), and none when the client did, or the test did not test what it claims.
+// 60 s, the test 20 s; at most one a masquerade port, as a new connection takes over a tuple the
+// pod holds), and none when the client did, or the test did not test what it claims.
 func checkTimeWait(t *testing.T, ctx context.Context, topo *topology.Topology, podCloses bool, answered int64) {
 	t.Helper()
 	out, err := topo.Run(ctx, topo.PodNS(localPod), "ss", "-Htan", "state", "time-wait")
@@ -234,9 +250,9 @@ func checkTimeWait(t *testing.T, ctx context.Context, topo *topology.Topology, p
 	}
 	n := int64(strings.Count(out, "\n"))
 	t.Logf("the pod holds %d connections in TIME_WAIT", n)
-	// Not one per connection: a new connection may take over a tuple the pod holds in TIME_WAIT.
-	if podCloses && n < answered/2 {
-		t.Errorf("the pod holds %d connections in TIME_WAIT after %d answered, want at least half as many: it closes first", n, answered)
+	if want := min(answered, churnMasqPorts) / 2; podCloses && n < want {
+		t.Errorf("the pod holds %d connections in TIME_WAIT after %d answered on %d masquerade ports, want at least %d: it closes first",
+			n, answered, churnMasqPorts, want)
 	}
 	if !podCloses && n > answered/100 {
 		t.Errorf("the pod holds %d connections in TIME_WAIT after %d answered, want next to none: the client closes first", n, answered)
@@ -245,7 +261,7 @@ func checkTimeWait(t *testing.T, ctx context.Context, topo *topology.Topology, p
 
 // checkNoDrops: the tc programs dropped nothing for want of a masquerade port, and (where the
 // dataplane counts it) left no established connection evictable for want of room (ct_full).
-func checkNoDrops(t *testing.T, ctx context.Context, topo *topology.Topology) {
+func checkNoDrops(t *testing.T, ctx context.Context, topo *topology.Topology) map[string]float64 {
 	t.Helper()
 	evs := logTCEvents(t, ctx, topo)
 	for _, ev := range []string{"drop_no_snat_port", "ct_full"} {
@@ -253,4 +269,5 @@ func checkNoDrops(t *testing.T, ctx context.Context, topo *topology.Topology) {
 			t.Errorf("the tc programs counted %s=%g", ev, evs[ev])
 		}
 	}
+	return evs
 }

@@ -354,8 +354,9 @@ func (l *longLived) check(t *testing.T, r loadResult) {
 // ---- the tc programs on the node's devices ----
 
 // tcHooks samples the TCX programs the external traffic goes through, in the node's namespace:
-// the uplink's ingress and egress (ext_ingress, ext_egress) and the ingress of the host side of
-// the local pod's veth (pod_ingress, where that pod's replies are translated back).
+// the uplink's ingress and egress (ext_ingress, ext_egress) and the host side of the local pod's
+// veth (pod_ingress, where that pod's replies are translated back; pod_egress, the node's own
+// connections to it).
 func tcHooks(topo *topology.Topology, pod string) hookSampler {
 	type hook struct {
 		dev    string
@@ -366,8 +367,9 @@ func tcHooks(topo *topology.Topology, pod string) hookSampler {
 		{topo.NodeUplink(), ebpf.AttachTCXIngress, "ext_ingress"},
 		{topo.NodeUplink(), ebpf.AttachTCXEgress, "ext_egress"},
 		{topo.PodHostIface(pod), ebpf.AttachTCXIngress, "pod_ingress"},
+		{topo.PodHostIface(pod), ebpf.AttachTCXEgress, "pod_egress"},
 	}
-	what := fmt.Sprintf("the tc programs of %s (ingress, egress) and %s (ingress)", hooks[0].dev, hooks[2].dev)
+	what := fmt.Sprintf("the tc programs of %s and %s (ingress, egress)", hooks[0].dev, hooks[2].dev)
 	return hookSampler{what: what, open: func() (func() (string, error), func(), error) {
 		// The thread goes into the node's namespace for good (watchPrograms retires it): ifindexes
 		// and BPF_PROG_QUERY on them are per namespace. It only queries; it sends nothing.

@@ -27,7 +27,7 @@ type ProbeResult struct {
 
 // ProbeOptions are the probe's optional flags.
 type ProbeOptions struct {
-	Src     string        // source IP to bind
+	Src     string        // source IP, or IP:PORT, to bind
 	Timeout time.Duration // per connection; 0 means the probe's default (1s)
 	N       int           // sequential new connections; 0 means 1
 }

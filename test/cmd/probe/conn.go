@@ -17,7 +17,7 @@ func probeTCP(o options) result {
 	deadline := time.Now().Add(o.timeout)
 	d := net.Dialer{Deadline: deadline}
 	if o.src.IsValid() {
-		d.LocalAddr = &net.TCPAddr{IP: o.src.AsSlice()}
+		d.LocalAddr = net.TCPAddrFromAddrPort(o.src)
 	}
 	c, err := d.Dial("tcp", o.dst.String())
 	if err != nil {
@@ -36,7 +36,7 @@ func probeTCP(o options) result {
 func probeUDP(o options) result {
 	var laddr *net.UDPAddr
 	if o.src.IsValid() {
-		laddr = &net.UDPAddr{IP: o.src.AsSlice()}
+		laddr = net.UDPAddrFromAddrPort(o.src)
 	}
 	c, err := net.DialUDP("udp", laddr, net.UDPAddrFromAddrPort(o.dst))
 	if err != nil {

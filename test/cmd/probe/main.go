@@ -1,11 +1,11 @@
 // Command probe is the test client. It runs inside a namespace (as a subprocess: never from the test
 // process) and opens new connections to an echo server:
 //
-//	probe -proto tcp|udp -dst IP:PORT [-src IP] [-timeout 1s] [-n N]
+//	probe -proto tcp|udp -dst IP:PORT [-src IP[:PORT]] [-timeout 1s] [-n N]
 //	probe -hold -dst IP:PORT
 //
-// Each connection gets a fresh socket (a new source port, so a new conntrack entry) and prints one
-// JSON line:
+// Each connection gets a fresh socket (a new source port, so a new conntrack entry, unless -src
+// names the port) and prints one JSON line:
 //
 //	{"result":"ok","endpoint":"10.0.1.1:80","peer":"10.0.1.2:40000","local":"10.0.1.2:40000"}
 //
@@ -48,7 +48,7 @@ type result struct {
 type options struct {
 	proto   string
 	dst     netip.AddrPort
-	src     netip.Addr
+	src     netip.AddrPort // port 0: the kernel picks one
 	timeout time.Duration
 	n       int
 	hold    bool
@@ -57,7 +57,7 @@ type options struct {
 func main() {
 	o, err := parseFlags(os.Args[1:])
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "usage: probe -proto tcp|udp -dst IP:PORT [-src IP] [-timeout 1s] [-n N]:", err)
+		fmt.Fprintln(os.Stderr, "usage: probe -proto tcp|udp -dst IP:PORT [-src IP[:PORT]] [-timeout 1s] [-n N]:", err)
 		os.Exit(2)
 	}
 	enc := json.NewEncoder(os.Stdout)
@@ -86,7 +86,7 @@ func parseFlags(args []string) (options, error) {
 	fs := flag.NewFlagSet("probe", flag.ContinueOnError)
 	proto := fs.String("proto", "tcp", "tcp or udp")
 	dst := fs.String("dst", "", "destination IP:PORT")
-	src := fs.String("src", "", "source IP to bind (optional)")
+	src := fs.String("src", "", "source IP, or IP:PORT, to bind (optional)")
 	timeout := fs.Duration("timeout", time.Second, "per-connection timeout")
 	n := fs.Int("n", 1, "number of sequential new connections")
 	hold := fs.Bool("hold", false, "hold one connected UDP socket until something ends it")
@@ -99,8 +99,12 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("-dst: %w", err)
 	}
 	if *src != "" {
-		if o.src, err = netip.ParseAddr(*src); err != nil {
-			return o, fmt.Errorf("-src: %w", err)
+		if o.src, err = netip.ParseAddrPort(*src); err != nil {
+			a, aerr := netip.ParseAddr(*src)
+			if aerr != nil {
+				return o, fmt.Errorf("-src: want IP or IP:PORT: %w", err)
+			}
+			o.src = netip.AddrPortFrom(a, 0)
 		}
 	}
 	if o.proto != "tcp" && o.proto != "udp" || o.timeout <= 0 || o.n < 1 || fs.NArg() > 0 {

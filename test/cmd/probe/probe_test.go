@@ -50,10 +50,14 @@ func TestParseReply(t *testing.T) {
 
 func TestParseFlags(t *testing.T) {
 	o, err := parseFlags([]string{"-proto", "udp", "-dst", "[fd00::1]:53", "-src", "fd00::2", "-n", "3"})
-	if err != nil || o.proto != "udp" || o.n != 3 || o.dst.Port() != 53 || !o.src.IsValid() {
+	if err != nil || o.proto != "udp" || o.n != 3 || o.dst.Port() != 53 || o.src.Addr().String() != "fd00::2" || o.src.Port() != 0 {
 		t.Errorf("%+v, %v", o, err)
 	}
-	for _, bad := range [][]string{
+	o, err = parseFlags([]string{"-dst", "10.0.0.1:80", "-src", "10.0.0.2:40000"})
+	if err != nil || o.src.String() != "10.0.0.2:40000" {
+		t.Errorf("-src IP:PORT: %+v, %v", o, err)
+	}
+	for _, bad := range [][]string{{"-dst", "10.0.0.1:1", "-src", "10.0.0.2:x"},
 		{"-dst", "10.0.0.1"}, {"-proto", "sctp", "-dst", "10.0.0.1:1"}, {"-dst", "10.0.0.1:1", "-n", "0"},
 		{"-dst", "10.0.0.1:1", "-timeout", "0s"}, {"-dst", "10.0.0.1:1", "extra"},
 	} {
