@@ -1570,7 +1570,7 @@ static __always_inline int handle(struct __sk_buff *skb, int external, int redir
 			return ret;
 	}
 	if (!redirect)
-		return skb->sk ? host_flow(skb, &p, v != 0) : TC_ACT_OK;
+		return host_flow(skb, &p, v != 0);
 	if (!external)
 		return TC_ACT_OK;
 	return new_flow(skb, &p, assured);
@@ -1580,23 +1580,29 @@ static __always_inline int handle(struct __sk_buff *skb, int external, int redir
 SEC("tc")
 int ext_ingress(struct __sk_buff *skb) { return handle(skb, 1, 1); }
 
-/* Egress of those devices: replies the stack routed itself (a backend on the node's network),
- * and the node's own connections. */
+/*
+ * Egress programs act on the node's own packets only: replies of a backend on the node itself (a
+ * host-network endpoint) and the node's own connections (host_flow). What came in on a device
+ * (forwarded, or redirected here by ingress: translated already) is left alone at once. Its
+ * socket tells nothing: a pod's packets keep theirs across the veth (skb_scrub_packet).
+ */
+static __always_inline int egress(struct __sk_buff *skb)
+{
+	if (skb->ingress_ifindex)
+		return TC_ACT_OK;
+	return handle(skb, 0, 0);
+}
+
+/* Egress of the devices that face the outside. */
 SEC("tc")
-int ext_egress(struct __sk_buff *skb) { return handle(skb, 0, 0); }
+int ext_egress(struct __sk_buff *skb) { return egress(skb); }
 
 /* Ingress of every other device (pods' veths): replies of backends on this node. */
 SEC("tc")
 int pod_ingress(struct __sk_buff *skb) { return handle(skb, 0, 1); }
 
-/* Egress of those devices: the node's own connections to its pods. What is forwarded or
- * redirected here has no socket and is left alone at once. */
+/* Egress of those devices: the node's own connections to its pods. */
 SEC("tc")
-int pod_egress(struct __sk_buff *skb)
-{
-	if (!skb->sk)
-		return TC_ACT_OK;
-	return handle(skb, 0, 0);
-}
+int pod_egress(struct __sk_buff *skb) { return egress(skb); }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

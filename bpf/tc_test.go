@@ -112,10 +112,23 @@ func tcState() *dataplane.State {
 // run passes one frame through prog in the node namespace.
 func (e *natEnv) run(t *testing.T, prog *ebpf.Program, in pkt) (uint32, seen) {
 	t.Helper()
+	return e.runFrom(t, prog, in, 0)
+}
+
+// runFrom runs prog on in as a packet that came in on the device with index iif (0: the node's
+// own, as every packet of run).
+func (e *natEnv) runFrom(t *testing.T, prog *ebpf.Program, in pkt, iif uint32) (uint32, seen) {
+	t.Helper()
 	var ret uint32
 	out := make([]byte, 1600)
 	err := topology.OnThreadIn(e.ns, func() error {
 		opts := &ebpf.RunOptions{Data: in.frame(), DataOut: out}
+		if iif != 0 {
+			// struct __sk_buff up to ingress_ifindex, the only field set.
+			var ctx [10]uint32
+			ctx[9] = iif
+			opts.Context = ctx
+		}
 		var err error
 		ret, err = prog.Run(opts)
 		out = opts.DataOut
@@ -195,6 +208,44 @@ func TestTCNodePortTCP(t *testing.T) {
 		t.Errorf("two flows share SNAT port %d", port)
 	}
 	_ = ret
+}
+
+// The node's own connection from the port a masqueraded flow holds towards the same pod (the
+// kernel checks only its sockets) leaves on another port, its replies come back to it, and the
+// flow keeps its port; the flow's own packets, which came in on a device, are not taken for it.
+func TestTCNodeConnectionOnAFlowsPort(t *testing.T) {
+	e := newNATEnv(t)
+	p := e.objs.TC
+	for _, c := range []struct {
+		proto      uint8
+		np, pod    string
+		tcp, reply uint8
+	}{{protoTCP, npTCP, pod1TCP, tcpSYN, tcpSYN | tcpACK}, {protoUDP, npUDP, pod1UDP, 0, 0}} {
+		in := pkt{src: ap(client4), dst: ap(c.np), proto: c.proto, tcpFlags: c.tcp, payload: []byte("hello")}
+		ret, fwd := e.run(t, p.ExtIngress, in)
+		held := fwd.src
+		want(t, "the flow from outside", fwd, ret, tcRedirect, fmt.Sprintf("%d %s -> %s", c.proto, held, c.pod))
+
+		// The flow's own packet, forwarded to the pod's veth, is left as it is.
+		own := pkt{src: held, dst: ap(c.pod), proto: c.proto, tcpFlags: c.tcp, payload: []byte("hello")}
+		ret, got := e.runFrom(t, p.PodEgress, own, 1)
+		want(t, "the flow's packet on the pod's veth", got, ret, tcOK, own.describe())
+
+		ret, moved := e.run(t, p.PodEgress, own)
+		if ret != tcOK || moved.src.Addr() != held.Addr() || moved.src.Port() == held.Port() || moved.dst != ap(c.pod) {
+			t.Fatalf("the node's own %s from %s: %d %s, want it sent on another port of %s", in.describe(), held, ret, moved, held.Addr())
+		}
+		ret, again := e.run(t, p.PodEgress, own)
+		want(t, "the node's connection, its next packet", again, ret, tcOK, moved.String())
+
+		back := pkt{src: ap(c.pod), dst: moved.src, proto: c.proto, tcpFlags: c.reply, payload: []byte("hi")}
+		ret, got = e.run(t, p.PodIngress, back)
+		want(t, "the pod's reply to the node's connection, up the node's stack", got, ret, tcOK,
+			fmt.Sprintf("%d %s -> %s", c.proto, c.pod, held))
+		back.dst = held
+		ret, got = e.run(t, p.PodIngress, back)
+		want(t, "the pod's reply to the flow from outside", got, ret, tcRedirect, fmt.Sprintf("%d %s -> %s", c.proto, c.np, client4))
+	}
 }
 
 func TestTCNodePortIPv6(t *testing.T) {
