@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -55,6 +56,17 @@ func TestList(t *testing.T) {
 	for _, bad := range []string{"", "direct,direct", "kube-proxy-iptables"} {
 		if _, err := list(bad, allTargets); err == nil {
 			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+func TestRoundOrderAlternates(t *testing.T) {
+	for _, c := range []struct {
+		n, r int
+		want []int
+	}{{3, 1, []int{0, 1, 2}}, {3, 2, []int{2, 1, 0}}, {2, 3, []int{0, 1}}, {1, 2, []int{0}}} {
+		if got := roundOrder(c.n, c.r); !slices.Equal(got, c.want) {
+			t.Errorf("roundOrder(%d, %d) = %v, want %v", c.n, c.r, got, c.want)
 		}
 	}
 }
