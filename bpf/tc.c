@@ -1364,8 +1364,9 @@ static __noinline int new_flow(struct __sk_buff *skb, struct pkt *p, int forget)
  * holds (the kernel checks only its sockets when it gives a port): its replies would be taken for
  * that flow's. It gets another port on the wire, as conntrack's NAT remaps a local connection that
  * clashes (a null binding through get_unique_tuple), and is tracked as a flow of its own. Only a
- * packet that can start a connection gets here: a SYN, or a UDP datagram. reopen: an entry of an
- * earlier connection on the tuple (closed, or expired) is there; it goes when no port is taken.
+ * packet that can start a connection gets here: a SYN, or a UDP datagram. reopen: the forward
+ * entry of an earlier connection on the tuple (closed, or expired) is there; it goes when no port
+ * is taken.
  */
 static __noinline int host_flow(struct __sk_buff *skb, struct pkt *p, int reopen)
 {
@@ -1570,7 +1571,7 @@ static __always_inline int handle(struct __sk_buff *skb, int external, int redir
 			return ret;
 	}
 	if (!redirect)
-		return host_flow(skb, &p, v != 0);
+		return host_flow(skb, &p, v && !v->is_reply);
 	if (!external)
 		return TC_ACT_OK;
 	return new_flow(skb, &p, assured);
