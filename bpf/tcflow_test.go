@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // How the tc programs track a masqueraded TCP connection through its life, and
@@ -186,4 +188,70 @@ func countEntries(t *testing.T, m *ebpf.Map) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// When ct_assured is full (2 x --bpf-ct-max entries: 1,024 established connections here), the
+// next connection to be established is counted as ct_full and goes on working from ct_lru,
+// where eviction may take it; the connections already protected stay protected.
+func TestTCFullAssuredMapIsCounted(t *testing.T) {
+	e := newNATEnvWith(t, LoadOptions{MaxServices: 1024, MaxBackends: 1024, CTMax: 1024})
+	var conns []*conn
+	for i := range 1025 {
+		c := newConn(t, e, fmt.Sprintf("198.51.100.%d:%d", 1+i%200, 10000+i), 7000, 0)
+		if !c.open() {
+			t.Fatalf("connection %d: SYN dropped", i)
+		}
+		conns = append(conns, c)
+	}
+	if n := countEntries(t, e.objs.TC.CTAssured); n != 2048 {
+		t.Errorf("ct_assured has %d entries, want 2,048 (full)", n)
+	}
+	if evs := e.events(t); evs["ct_full"] != 1 {
+		t.Errorf("ct_full %d, want 1 (the 1,025th connection)", evs["ct_full"])
+	}
+	for _, c := range []*conn{conns[0], conns[1024]} {
+		ret, fwd := c.fromClient(tcpACK)
+		want(t, "a connection's next packet", fwd, ret, tcRedirect, fmt.Sprintf("6 %s:%d -> %s", nodeIP4, c.port, pod1TCP))
+	}
+}
+
+// A UDP flow lives 30 s as conntrack's does, and 120 s once it is a stream: the client sent again
+// after a reply. The lifetimes are read from the flow's forward entry (its expires, on the
+// clock of bpf_ktime_get_ns).
+func TestTCUDPStreamLivesLonger(t *testing.T) {
+	e := newNATEnv(t)
+	p := e.objs.TC
+	fk := tcCtKey{Saddr: addr16(ap(client4).Addr()), Daddr: addr16(ap(npUDP).Addr()), Sport: htons(ap(client4).Port()),
+		Dport: htons(ap(npUDP).Port()), Proto: protoUDP}
+	life := func(what string) time.Duration {
+		t.Helper()
+		var v tcCtVal
+		if err := p.CTLRU.Lookup(&fk, &v); err != nil {
+			if err := p.CTAssured.Lookup(&fk, &v); err != nil {
+				t.Fatalf("%s: the flow's forward entry: %v", what, err)
+			}
+		}
+		var now unix.Timespec
+		if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &now); err != nil {
+			t.Fatal(err)
+		}
+		return time.Duration(int64(v.Expires) - now.Nano())
+	}
+	ret, fwd := e.run(t, p.ExtIngress, udp(client4, npUDP))
+	if ret != tcRedirect {
+		t.Fatalf("the request: %d", ret)
+	}
+	back := pkt{src: ap(pod1UDP), dst: fwd.src, proto: protoUDP, payload: []byte("hi")}
+	if ret, _ := e.run(t, p.PodIngress, back); ret != tcRedirect {
+		t.Fatalf("the reply: %d", ret)
+	}
+	if d := life("after a request and its reply"); d < 28*time.Second || d > 30*time.Second {
+		t.Errorf("after a request and its reply the flow lives %v more, want 30 s", d)
+	}
+	if ret, _ := e.run(t, p.ExtIngress, udp(client4, npUDP)); ret != tcRedirect {
+		t.Fatalf("the second request: %d", ret)
+	}
+	if d := life("a stream"); d < 118*time.Second || d > 120*time.Second {
+		t.Errorf("once the client sent again after the reply the flow lives %v more, want 120 s", d)
+	}
 }

@@ -51,13 +51,17 @@ const (
 const portLimitProof = 35000
 
 func churnScenario() topology.Scenario {
+	return onePodScenario(topology.Port{Protocol: topology.ProtocolTCPRequestReply, Port: rrPort},
+		topology.Port{Protocol: topology.ProtocolTCPCloseAfterReply, Port: closePort},
+		topology.Port{Protocol: "UDP", Port: udpPort})
+}
+
+// onePodScenario: the node of the external scenario with one local pod serving ports, and the
+// external client.
+func onePodScenario(ports ...topology.Port) topology.Scenario {
 	return topology.Scenario{
-		Node: topology.Node{Name: nodeName, IPs: []string{extNodeIP}},
-		Pods: []topology.Pod{{Name: localPod, IP: localIP, Local: true, Ports: []topology.Port{
-			{Protocol: topology.ProtocolTCPRequestReply, Port: rrPort},
-			{Protocol: topology.ProtocolTCPCloseAfterReply, Port: closePort},
-			{Protocol: "UDP", Port: udpPort},
-		}}},
+		Node:     topology.Node{Name: nodeName, IPs: []string{extNodeIP}},
+		Pods:     []topology.Pod{{Name: localPod, IP: localIP, Local: true, Ports: ports}},
 		External: []topology.Client{{IP: extClient}},
 	}
 }

@@ -14,14 +14,7 @@ import (
 // The node-port scenario: the churn scenario's node and pod, the pod serving the greeting (it
 // writes a line and closes first, so it holds the tuple in TIME_WAIT) and UDP.
 func hostPortScenario() topology.Scenario {
-	return topology.Scenario{
-		Node: topology.Node{Name: nodeName, IPs: []string{extNodeIP}},
-		Pods: []topology.Pod{{Name: localPod, IP: localIP, Local: true, Ports: []topology.Port{
-			{Protocol: "TCP", Port: greetPort},
-			{Protocol: "UDP", Port: udpPort},
-		}}},
-		External: []topology.Client{{IP: extClient}},
-	}
+	return onePodScenario(topology.Port{Protocol: "TCP", Port: greetPort}, topology.Port{Protocol: "UDP", Port: udpPort})
 }
 
 func hostPortObjects() flow.Objects {
