@@ -1040,9 +1040,11 @@ static __always_inline int move_flow(void *from, void *to, const struct ct_key *
 	r = bpf_map_lookup_elem(from, &rk);
 	if (!r || !r->is_reply || !owns(f, &rk))
 		return MOVE_NO_REPLY;
-	if (bpf_map_update_elem(to, fk, f, BPF_ANY) < 0)
+	/* 6.1 can answer 0 to an update of a full no-prealloc hash map and keep nothing: a move
+	 * is done only once both entries are found there (TestTCFullAssuredMapIsCounted). */
+	if (bpf_map_update_elem(to, fk, f, BPF_ANY) < 0 || !bpf_map_lookup_elem(to, fk))
 		return -1;
-	if (bpf_map_update_elem(to, &rk, r, BPF_ANY) < 0) {
+	if (bpf_map_update_elem(to, &rk, r, BPF_ANY) < 0 || !bpf_map_lookup_elem(to, &rk)) {
 		bpf_map_delete_elem(to, fk);
 		return -1;
 	}
