@@ -107,29 +107,25 @@ func cidrKey(p netip.Prefix) tcCidrKey {
 type portSpan struct{ first, last uint32 }
 
 // snatPortsFor is what the tc programs draw masquerade ports from: 1024-65535
-// without the NodePort range. A pod's unconnected UDP reply to the node address
+// without cut, the NodePort range. A pod's unconnected UDP reply to the node address
 // and a NodePort would be translated by the socket hooks as a connection to that
 // NodePort; a port below 1024 looks like a privileged client to some servers.
 // The node's ephemeral ports are in: a connection of the node's own that gets a
 // port a masqueraded flow holds is moved to another one on the wire (tc.c's
 // host_flow), as conntrack does.
-func snatPortsFor(nodePorts portSpan) tcSnatPorts {
-	spans := []portSpan{{1024, 65535}}
-	cut := nodePorts
-	var left []portSpan
-	for _, s := range spans {
-		if cut.last < s.first || cut.first > s.last || cut.first > cut.last {
-			left = append(left, s)
-			continue
+func snatPortsFor(cut portSpan) tcSnatPorts {
+	all := portSpan{1024, 65535}
+	left := []portSpan{all}
+	if cut.first <= cut.last && cut.last >= all.first && cut.first <= all.last {
+		left = nil
+		if cut.first > all.first {
+			left = append(left, portSpan{all.first, cut.first - 1})
 		}
-		if cut.first > s.first {
-			left = append(left, portSpan{s.first, cut.first - 1})
-		}
-		if cut.last < s.last {
-			left = append(left, portSpan{cut.last + 1, s.last})
+		if cut.last < all.last {
+			left = append(left, portSpan{cut.last + 1, all.last})
 		}
 	}
-	var p tcSnatPorts // one cut leaves at most two spans
+	var p tcSnatPorts // at most two spans
 	for i, s := range left {
 		p.Min[i], p.Span[i] = s.first, s.last-s.first+1
 	}
