@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds the real control plane the tests run against (kube-apiserver, kube-proxy,
-# etcd) once, into ${SWITCHYARD_CACHE:-$HOME/.cache/switchyard}/k8s-v1.37.2/.
-# A no-op when the three binaries are there and run. `make controlplane` runs it.
+# etcd, and for test/cluster's nodes kubelet, kube-controller-manager, kube-scheduler) once, into ${SWITCHYARD_CACHE:-$HOME/.cache/switchyard}/k8s-v1.37.2/.
+# A no-op when the binaries are there and run. `make controlplane` runs it.
 #
-# Cold, this takes ~6 minutes on 2 cores (0.6 GB of modules, ~3 GB of build cache).
+# Cold, this takes ~9 minutes on 2 cores (0.6 GB of modules, ~3 GB of build cache).
 # The binaries are built into a temporary directory and renamed into place, so a
 # killed build never leaves a half-written binary behind.
 set -euo pipefail
@@ -12,11 +12,14 @@ K8S_VERSION=v1.37.2
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 out=${SWITCHYARD_CACHE:-$HOME/.cache/switchyard}/k8s-${K8S_VERSION}
 
-# ok reports whether the three binaries are in $out and answer --version.
+components=(kube-apiserver kube-proxy kubelet kube-controller-manager kube-scheduler)
+
+# ok reports whether the binaries are in $out and answer --version.
 ok() {
-  [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-proxy" ] && [ -x "$out/etcd" ] || return 1
-  "$out/kube-apiserver" --version 2>/dev/null | grep -qF "$K8S_VERSION" || return 1
-  "$out/kube-proxy" --version 2>/dev/null | grep -qF "$K8S_VERSION" || return 1
+  for c in "${components[@]}"; do
+    [ -x "$out/$c" ] && "$out/$c" --version 2>/dev/null | grep -qF "$K8S_VERSION" || return 1
+  done
+  [ -x "$out/etcd" ] || return 1
   "$out/etcd" --version >/dev/null 2>&1 || return 1
 }
 
@@ -34,7 +37,7 @@ fi
 tmp=$(mktemp -d "$out/.tmp-build.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 
-echo "test/k8s/build.sh: building kube-apiserver, kube-proxy and etcd ${K8S_VERSION} into $out (cold: ~6 min)" >&2
+echo "test/k8s/build.sh: building ${components[*]} and etcd ${K8S_VERSION} into $out (cold: ~9 min)" >&2
 start=$(date +%s)
 pkg=k8s.io/component-base/version
 ldflags="-s -w -X $pkg.gitVersion=${K8S_VERSION} -X $pkg.gitMajor=1 -X $pkg.gitMinor=37 -X $pkg.gitTreeState=clean"
@@ -42,12 +45,14 @@ ldflags="-s -w -X $pkg.gitVersion=${K8S_VERSION} -X $pkg.gitMajor=1 -X $pkg.gitM
 (
   cd "$here"
   export CGO_ENABLED=0 GOWORK=off
-  "${GO:-go}" build -trimpath -ldflags "$ldflags" -o "$tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
-  "${GO:-go}" build -trimpath -ldflags "$ldflags" -o "$tmp/kube-proxy" k8s.io/kubernetes/cmd/kube-proxy
-  "${GO:-go}" build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3
+  for c in "${components[@]}"; do
+    [ -x "$out/$c" ] && "$out/$c" --version 2>/dev/null | grep -qF "$K8S_VERSION" && continue
+    "${GO:-go}" build -trimpath -ldflags "$ldflags" -o "$tmp/$c" "k8s.io/kubernetes/cmd/$c"
+  done
+  "$out/etcd" --version >/dev/null 2>&1 || "${GO:-go}" build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3
 )
-for b in kube-apiserver kube-proxy etcd; do
-  mv -f "$tmp/$b" "$out/$b"
+for b in "${components[@]}" etcd; do
+  [ -e "$tmp/$b" ] && mv -f "$tmp/$b" "$out/$b"
 done
 if ! ok; then
   echo "test/k8s/build.sh: the binaries in $out were built but do not answer --version" >&2
