@@ -190,6 +190,13 @@ func MountBPFFS(path string) error {
 		return fmt.Errorf("bpf: bpffs mount point: %w", err)
 	}
 	if err := unix.Mount("bpf", path, "bpf", 0, "mode=0700"); err != nil {
+		if errors.Is(err, unix.EPERM) {
+			// The DaemonSet grants no CAP_SYS_ADMIN, and a bpffs mounted inside
+			// the pod would die with it (Bidirectional propagation needs a
+			// privileged container): the node must provide one, as systemd does.
+			return fmt.Errorf("bpf: no bpffs at %s, and mounting one was refused (%w): mount bpffs on the node "+
+				"(mount -t bpf bpf /sys/fs/bpf; systemd does at boot) and give the agent the node's /sys/fs/bpf", path, err)
+		}
 		return fmt.Errorf("bpf: mount bpffs at %s: %w", path, err)
 	}
 	return nil

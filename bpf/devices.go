@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path"
+	"runtime"
 	"sort"
 	"time"
 
@@ -156,14 +157,20 @@ func (w *linkWatch) subscribe() (*subscription, error) {
 		}
 	}
 	const rcvbuf = 1 << 20 // a node with many pods changes many links at once
-	err := netlink.LinkSubscribeWithOptions(s.links, s.done, netlink.LinkSubscribeOptions{
-		Namespace: &w.ns, ErrorCallback: onErr, ReceiveBufferSize: rcvbuf,
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	ns, err := w.nsOption()
+	if err != nil {
+		return nil, err
+	}
+	err = netlink.LinkSubscribeWithOptions(s.links, s.done, netlink.LinkSubscribeOptions{
+		Namespace: ns, ErrorCallback: onErr, ReceiveBufferSize: rcvbuf,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bpf: watch links: subscribe to links: %w", err)
 	}
 	err = netlink.AddrSubscribeWithOptions(s.addrs, s.done, netlink.AddrSubscribeOptions{
-		Namespace: &w.ns, ErrorCallback: onErr, ReceiveBufferSize: rcvbuf,
+		Namespace: ns, ErrorCallback: onErr, ReceiveBufferSize: rcvbuf,
 	})
 	if err != nil {
 		close(s.done)
@@ -171,6 +178,21 @@ func (w *linkWatch) subscribe() (*subscription, error) {
 		return nil, fmt.Errorf("bpf: watch links: subscribe to addresses: %w", err)
 	}
 	return s, nil
+}
+
+// nsOption is the Namespace for a subscription made on the calling (locked) thread: none when
+// the thread is in the watched netns already, as every thread of an agent running in one netns
+// is, since netlink's setns into it would need CAP_SYS_ADMIN, which the DaemonSet does not grant.
+func (w *linkWatch) nsOption() (*netns.NsHandle, error) {
+	cur, err := netns.Get()
+	if err != nil {
+		return nil, fmt.Errorf("bpf: watch links: current netns: %w", err)
+	}
+	defer cur.Close()
+	if cur.Equal(w.ns) {
+		return nil, nil
+	}
+	return &w.ns, nil
 }
 
 // close ends the subscription. Its receivers exit once they see done, which they may be blocked

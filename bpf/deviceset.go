@@ -120,6 +120,12 @@ func runInNetns(ns netns.NsHandle, fn func() error) error {
 		return err
 	}
 	defer cur.Close()
+	if cur.Equal(ns) {
+		// Already there, as every thread of an agent that runs in one netns
+		// is: no setns, which would need CAP_SYS_ADMIN.
+		runtime.UnlockOSThread()
+		return fn()
+	}
 	if err := netns.Set(ns); err != nil {
 		runtime.UnlockOSThread()
 		return fmt.Errorf("entering the agent's network namespace: %w", err)

@@ -79,7 +79,7 @@ func runAgent(ctx context.Context, cfg *agentConfig, out, log io.Writer) error {
 		},
 	})
 	if mode != "print" {
-		if err := updateReservedPorts(reservedPortsPath, cfg.model.NodePortRange, true); err != nil {
+		if err := updateReservedPorts(reservedPortsPath(cfg.procfs), cfg.model.NodePortRange, true); err != nil {
 			return err
 		}
 	}

@@ -86,7 +86,7 @@ func newAgentCommand(stdout, stderr io.Writer) *cobra.Command {
 
 func newCleanupCommand() *cobra.Command {
 	portRange := "30000-32767"
-	bpfRoot := defaultBPFRoot
+	bpfRoot, procfs := defaultBPFRoot, defaultProcfs
 	cmd := &cobra.Command{
 		Use:   "cleanup",
 		Short: "Remove everything any Switchyard dataplane installed on this node",
@@ -96,11 +96,12 @@ func newCleanupCommand() *cobra.Command {
 			if err != nil {
 				return flagErr("node-port-range", "%v", err)
 			}
-			return cleanup(bpfRoot, r)
+			return cleanup(bpfRoot, procfs, r)
 		},
 	}
 	cmd.Flags().StringVar(&portRange, "node-port-range", portRange, "The NodePort range the agent reserved, to release it.")
 	cmd.Flags().StringVar(&bpfRoot, "bpf-root", bpfRoot, "Where the eBPF dataplane pinned its maps and links.")
+	cmd.Flags().StringVar(&procfs, "procfs", procfs, procfsHelp)
 	return cmd
 }
 

@@ -46,6 +46,7 @@ func TestBadFlagsExit2NamingTheFlag(t *testing.T) {
 		{[]string{"cleanup", "--node-port-range=x"}, "--node-port-range"},
 		{[]string{"agent", "--bpf-root=relative/pins"}, "--bpf-root"},
 		{[]string{"agent", "--cgroup-root=sub"}, "--cgroup-root"},
+		{[]string{"agent", "--procfs=host/proc"}, "--procfs"},
 		{[]string{"agent", "--bpf-max-backends=3"}, "--bpf-max"},
 		{[]string{"agent", "--bpf-max-services=-1"}, "bpf-max-services"},
 		{[]string{"agent", "--mode=ebpf", "--masquerade-all"}, "--masquerade-all: eBPF mode cannot masquerade"},
@@ -270,7 +271,13 @@ func TestMinSyncPeriodFollowsTheResolvedMode(t *testing.T) {
 }
 
 func TestReservedPorts(t *testing.T) {
-	path := writeFile(t, t.TempDir(), "ip_local_reserved_ports", "8080,30500-30600,40000\n")
+	// As in the DaemonSet: the node's /proc/sys/net mounted under --procfs.
+	procfs := t.TempDir()
+	path := reservedPortsPath(procfs)
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Dir(path), "ip_local_reserved_ports", "8080,30500-30600,40000\n")
 	r := dataplane.PortRange{Base: 30000, Size: 2768}
 	if err := updateReservedPorts(path, r, true); err != nil {
 		t.Fatal(err)

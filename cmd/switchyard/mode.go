@@ -123,7 +123,7 @@ func newIPTablesBackend(cfg *agentConfig, metrics prometheus.Registerer) (datapl
 	if err != nil {
 		return nil, err
 	}
-	return iptables.NewBackend(iptables.BackendConfig{Model: cfg.model, Conntrack: nf.ct, Sysctl: netfilter.ProcSysctl{},
+	return iptables.NewBackend(iptables.BackendConfig{Model: cfg.model, Conntrack: nf.ct, Sysctl: netfilter.ProcSysctl{Root: filepath.Join(cfg.procfs, "sys")},
 		MasqueradeBit: cfg.masqBit, Metrics: metrics, Families: nf.families, Restorers: nf.restorers, Jumpers: nf.jumpers})
 }
 
@@ -146,7 +146,7 @@ func newIPVSBackend(cfg *agentConfig) (dataplane.Backend, error) {
 		Options: ipvs.Options{Model: cfg.model, Scheduler: cfg.ipvsScheduler, MasqueradeBit: cfg.masqBit},
 		IPVS:    h, Links: links, Records: ipvs.FileRecords{Path: ipvs.DefaultRecordsPath},
 		Families: nf.families, Restorers: nf.restorers, Jumpers: nf.jumpers,
-		Sysctl: netfilter.ProcSysctl{}, Conntrack: nf.ct,
+		Sysctl: netfilter.ProcSysctl{Root: filepath.Join(cfg.procfs, "sys")}, Conntrack: nf.ct,
 	})
 }
 
@@ -186,12 +186,12 @@ func newNetfilter(cfg *agentConfig) (*netfilterParts, error) {
 // programs; tc programs attached without links are removed from every device of
 // this network namespace), the iptables rules of either variant, and the reserved
 // NodePort range.
-func cleanup(bpfRoot string, nodePorts dataplane.PortRange) error {
+func cleanup(bpfRoot, procfs string, nodePorts dataplane.PortRange) error {
 	// IPVS first: its rules jump to chains iptables' cleanup would otherwise refuse to delete.
 	var ipvsErr error
 	if ipvs.Supported() == nil {
 		ipvsErr = ipvs.CleanupAll(nodePorts, ipvs.FileRecords{Path: ipvs.DefaultRecordsPath})
 	}
 	return errors.Join(bpf.UnpinTC(bpfRoot), bpf.Unpin(bpfRoot), ipvsErr, iptables.CleanupAll(),
-		updateReservedPorts(reservedPortsPath, nodePorts, false))
+		updateReservedPorts(reservedPortsPath(procfs), nodePorts, false))
 }

@@ -28,6 +28,15 @@ var (
 
 const defaultBPFRoot = "/sys/fs/bpf/switchyard"
 
+// defaultProcfs is where the agent finds the sysctls it sets (under sys/net). A
+// container that is not privileged has /proc/sys read-only, so the DaemonSet
+// mounts the node's /proc/sys/net at /host/proc/sys/net and passes --procfs=/host/proc
+// (Cilium's flag of the same name and meaning). The files there belong to the
+// network namespace of whoever opens them: the node's, with hostNetwork.
+const defaultProcfs = "/proc"
+
+const procfsHelp = "Where the proc filesystem whose sys/net sysctls the agent sets is mounted: /proc, or e.g. /host/proc in a container whose own /proc/sys is read-only."
+
 // minCT and maxCT bound --bpf-ct-max: two entries a connection in each map,
 // ~150 bytes an entry; an LRU map hands out free entries to each CPU in batches
 // of 128, and a smaller one could refuse a CPU while others hold the rest.
@@ -52,6 +61,7 @@ type options struct {
 	once               bool
 	bpfRoot            string
 	cgroupRoot         string
+	procfs             string
 	bpfMaxServices     uint32
 	bpfMaxBackends     uint32
 	bpfCTMax           uint32
@@ -74,6 +84,7 @@ func newOptions() *options {
 		source:             "apiserver",
 		nodePortRange:      "30000-32767",
 		bpfRoot:            defaultBPFRoot,
+		procfs:             defaultProcfs,
 		bpfMaxServices:     bpf.DefaultMaxServices,
 		bpfMaxBackends:     bpf.DefaultMaxBackends,
 		bpfCTMax:           bpf.DefaultCTMax,
@@ -101,6 +112,7 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.nodePortRange, "node-port-range", o.nodePortRange, "The cluster's NodePort range (FIRST-LAST); NodePorts outside it are not programmed, and it is reserved in net.ipv4.ip_local_reserved_ports.")
 	fs.BoolVar(&o.once, "once", o.once, "Sync once and exit (for dry runs with --mode=print).")
 	fs.StringVar(&o.bpfRoot, "bpf-root", o.bpfRoot, "eBPF mode: where maps and links are pinned (on a bpffs; mounted if missing).")
+	fs.StringVar(&o.procfs, "procfs", o.procfs, procfsHelp)
 	fs.StringVar(&o.cgroupRoot, "cgroup-root", o.cgroupRoot, "eBPF mode: the cgroup v2 directory the socket hooks attach to (default: the cgroup v2 mount).")
 	fs.Uint32Var(&o.bpfMaxServices, "bpf-max-services", o.bpfMaxServices, "eBPF mode: entries in the services map (one per frontend, one per backend slot, one per cluster IP).")
 	fs.Uint32Var(&o.bpfMaxBackends, "bpf-max-backends", o.bpfMaxBackends, "eBPF mode: entries in the backends map (one per distinct endpoint address, port and protocol).")
@@ -137,7 +149,8 @@ type agentConfig struct {
 	minSyncPeriodSet bool
 	once             bool
 	bpfRoot          string
-	cgroupRoot       string    // "" means the cgroup v2 mount, found at start
+	cgroupRoot       string // "" means the cgroup v2 mount, found at start
+	procfs           string
 	bpfMaps          [3]uint32 // services, backends, connections tracked
 	devices          []string
 	tcMode           bpf.TCMode
@@ -163,6 +176,10 @@ func (o *options) validate() (*agentConfig, error) {
 		return nil, flagErr("bpf-root", "want an absolute path, got %q", o.bpfRoot)
 	}
 	c.bpfRoot = o.bpfRoot
+	if !filepath.IsAbs(o.procfs) {
+		return nil, flagErr("procfs", "want an absolute path, got %q", o.procfs)
+	}
+	c.procfs = o.procfs
 	if o.bpfMaxServices < 16 || o.bpfMaxBackends < 16 {
 		return nil, flagErr("bpf-max-services", "the map sizes must be at least 16 (got %d services, %d backends)", o.bpfMaxServices, o.bpfMaxBackends)
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -11,8 +12,10 @@ import (
 
 // reservedPortsPath is the sysctl that keeps the kernel from handing out ports of
 // the NodePort range as ephemeral ports: a local client bound to such a port would
-// collide with a NodePort.
-const reservedPortsPath = "/proc/sys/net/ipv4/ip_local_reserved_ports"
+// collide with a NodePort. procfs is --procfs.
+func reservedPortsPath(procfs string) string {
+	return filepath.Join(procfs, "sys/net/ipv4/ip_local_reserved_ports")
+}
 
 // portSet is the sysctl's content as a bitmap, so merging and removing ranges does
 // not depend on how the kernel groups them when it prints them.
