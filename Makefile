@@ -4,7 +4,7 @@ BIN     := bin/switchyard
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test unit lint generate demo bench bench-ebpf bench-nodeport bench-iptables soak clean prereqs controlplane flows vmrun vm-kernels vm-test vm-flows vm-flows-all
+.PHONY: all build test unit lint generate demo bench bench-ebpf bench-nodeport bench-iptables soak clean prereqs controlplane flows vmrun vm-kernels vm-test vm-flows vm-flows-all image images e2e e2e-short
 
 all: build
 
@@ -12,12 +12,14 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/switchyard
 
 # Every test: no committed binaries, formatting and vet, the unit and integration tests (with the race
-# detector), then the flow files against upstream kube-proxy in both modes.
-test: prereqs controlplane vm-kernels lint unit flows vm-test vm-flows
+# detector), the short end-to-end run on real kubelet nodes, then the flow files against upstream
+# kube-proxy in both modes.
+test: prereqs controlplane vm-kernels lint unit e2e-short flows vm-test vm-flows
 
 # Debian packages the tests use (installed when missing).
 prereqs:
 	test/prereqs.sh
+	test/cluster/prereqs.sh
 
 # The real control plane the tests run against (kube-apiserver, kube-proxy, etcd
 # v1.37.2): built once (~6 min cold) into ~/.cache/switchyard/k8s-v1.37.2.
@@ -52,6 +54,30 @@ vm-flows: vm-kernels
 
 vm-flows-all: vm-kernels
 	GO=$(GO) test/vm/flows.sh 5.10:iptables 5.10:ipvs 6.1:ebpf 6.1:iptables 6.1:ipvs 6.12:ebpf 6.12:iptables 6.12:ipvs
+
+# OCI image archives, built without a registry or a container daemon (test/image): the static agent
+# with the iptables and nft tools its modes run, from Debian packages fetched once into
+# ~/.cache/switchyard/debs. `make image` writes bin/switchyard-image.tar (localhost/switchyard:dev)
+# and prints its size next to the kube-proxy image's (built too when `make controlplane` ran);
+# `make images` writes all four: switchyard, kube-proxy, test (the test pods) and pause.
+image:
+	GO=$(GO) $(GO) run ./test/cmd/image -o bin -version $(VERSION) -compare kube-proxy switchyard
+
+images:
+	GO=$(GO) $(GO) run ./test/cmd/image -o bin -version $(VERSION) all
+
+# Switchyard installed as operators do (test/e2e): on a two-node cluster of real kubelets
+# (test/cluster), the image loaded into the nodes, an overlay of deploy/overlays applied through the
+# API server; every check is real connections from a pod, a node and an external client. One cluster
+# per overlay (~45 s each); the last line is "N passed, M failed". e2e-short is make test's form.
+E2E_IMAGES := switchyard test pause
+e2e: prereqs controlplane
+	$(GO) run ./test/cmd/image -q -o bin -version $(VERSION) $(E2E_IMAGES)
+	$(GO) run ./test/cmd/e2e -overlays ebpf,iptables
+
+e2e-short: prereqs controlplane
+	$(GO) run ./test/cmd/image -q -o bin -version $(VERSION) $(E2E_IMAGES)
+	$(GO) run ./test/cmd/e2e -overlays ebpf,iptables -short
 
 unit:
 	$(GO) test -race -count=1 ./...
