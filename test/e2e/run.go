@@ -1,0 +1,84 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/switchyard/switchyard/test/cluster"
+)
+
+// Options configure Run.
+type Options struct {
+	// Overlay is the deploy/overlays directory to install: ebpf or iptables.
+	Overlay string
+	// Repo is the repository's root (deploy/overlays is found there).
+	Repo string
+	// Images are the image archives to load into the nodes (switchyard, test pods, pause).
+	Images []string
+	// Probe is a static build of test/cmd/probe, run inside pods, nodes and clients.
+	Probe string
+	// Short runs one check of each kind, for make test.
+	Short bool
+	// Logf gets progress lines; Report gets each check's result as it ends.
+	Logf   func(format string, args ...any)
+	Report func(Result)
+}
+
+// Result is the outcome of one check.
+type Result struct {
+	Name string
+	Err  error
+	Took time.Duration
+}
+
+// Run starts a two-node cluster, installs Switchyard with the overlay, deploys the
+// workloads and runs the checks. The returned error is a failure before any check
+// could run (the cluster, the install, the workloads); the cluster is gone when Run
+// returns.
+func Run(ctx context.Context, o Options) (results []Result, err error) {
+	c, err := cluster.Start(ctx, cluster.Options{Nodes: 2, ExternalClients: 2, Images: o.Images, Logf: o.Logf})
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if cerr := c.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("closing the cluster: %w", cerr)
+		}
+	}()
+	e := &env{c: c, o: o, cs: c.Client()}
+	start := time.Now()
+	if err := e.install(ctx); err != nil {
+		return nil, e.withLogs(ctx, fmt.Errorf("installing the %s overlay: %w", o.Overlay, err))
+	}
+	o.Logf("switchyard: DaemonSet pods Ready on every node %s after applying the overlay", time.Since(start).Round(time.Millisecond))
+	if err := e.deploy(ctx); err != nil {
+		return nil, e.withLogs(ctx, fmt.Errorf("deploying the workloads: %w", err))
+	}
+	for _, ch := range e.checks() {
+		if o.Short && !ch.short {
+			continue
+		}
+		t0 := time.Now()
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		r := Result{Name: o.Overlay + "/" + ch.name, Err: ch.run(cctx), Took: time.Since(t0)}
+		cancel()
+		if o.Report != nil {
+			o.Report(r)
+		}
+		results = append(results, r)
+	}
+	if failed(results) {
+		o.Logf("%s", e.agentLogs(ctx))
+	}
+	return results, nil
+}
+
+func failed(rs []Result) bool {
+	for _, r := range rs {
+		if r.Err != nil {
+			return true
+		}
+	}
+	return false
+}
