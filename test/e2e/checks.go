@@ -37,6 +37,7 @@ func (e *env) checks() []check {
 	return []check{
 		{"clusterip-tcp-from-pod", true, e.reachesAll(pod, target{"echo", "tcp", "cluster"}, "echo")},
 		{"clusterip-tcp-from-node", false, e.reachesAll(node1, target{"echo", "tcp", "cluster"}, "echo")},
+		{"clusterip-tcp-from-external", false, e.reachesAll(ext0, target{"echo", "tcp", "cluster"}, "echo")},
 		{"clusterip-udp-from-pod", true, e.reachesAll(pod, target{"echo", "udp", "cluster"}, "echo")},
 		{"clusterip-udp-from-node", false, e.reachesAll(node2, target{"echo", "udp", "cluster"}, "echo")},
 		{"nodeport-from-pod", false, e.reachesAll(pod, target{"echo-np", "tcp", "node:" + n1}, "echo")},
@@ -48,9 +49,12 @@ func (e *env) checks() []check {
 		{"local-keeps-client-ip", true, e.keepsClientIP(ext0, target{"solo-local", "tcp", "lb:" + localLBIP}, "solo")},
 		{"local-node-without-endpoint-drops", false, e.gets(ext0, target{"solo-local", "tcp", "node:" + n2}, "timeout")},
 		{"local-health-check-node-port", true, e.healthCheck(ext0, "solo-local", map[string]int{n1: 200, n2: 503})},
-		{"clientip-affinity", true, e.sticks(pod, target{"echo-affinity", "tcp", "cluster"})},
-		{"scaled-to-zero-rejects-and-back", true, e.scaleToZeroAndBack(pod, target{"zero", "tcp", "cluster"})},
-		{"rolling-update-loses-nothing", false, e.rollingUpdate(pod, ext0)},
+		{"clientip-affinity-from-pod", true, e.sticks(pod, target{"echo-affinity", "tcp", "cluster"})},
+		{"clientip-affinity-from-external", false, e.sticks(ext0, target{"echo-affinity", "tcp", "cluster"})},
+		{"scaled-to-zero-rejects-and-back", true, e.scaleToZeroAndBack(target{"zero", "tcp", "cluster"}, pod, node1)},
+		{"rolling-update-loses-nothing", false, e.rollingUpdate(map[from]target{
+			pod: {"echo", "tcp", "cluster"}, node2: {"echo-np", "tcp", "node:" + n1}, ext0: {"echo-lb", "tcp", "lb:" + lbIP},
+		})},
 	}
 }
 

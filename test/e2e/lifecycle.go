@@ -12,7 +12,7 @@ import (
 
 // scaleToZeroAndBack: a Service with endpoints answers; scaled to 0 its connections
 // are refused (kube-proxy's REJECT), not left to time out; scaled back it answers.
-func (e *env) scaleToZeroAndBack(f from, t target) func(context.Context) error {
+func (e *env) scaleToZeroAndBack(t target, clients ...from) func(context.Context) error {
 	return func(ctx context.Context) error {
 		steps := []struct {
 			replicas int32
@@ -22,8 +22,10 @@ func (e *env) scaleToZeroAndBack(f from, t target) func(context.Context) error {
 			if err := e.scale(ctx, t.svc, s.replicas); err != nil {
 				return err
 			}
-			if err := e.eventually(ctx, e.gets(f, t, s.want)); err != nil {
-				return fmt.Errorf("at %d replicas: %w", s.replicas, err)
+			for _, f := range clients {
+				if err := e.eventually(ctx, e.gets(f, t, s.want)); err != nil {
+					return fmt.Errorf("at %d replicas: %w", s.replicas, err)
+				}
 			}
 		}
 		return nil
@@ -56,9 +58,9 @@ func (e *env) eventually(ctx context.Context, check func(context.Context) error)
 }
 
 // rollingUpdate restarts the echo Deployment (a new ReplicaSet replaces every pod)
-// while clients keep opening connections to its ClusterIP and LoadBalancer IP: none
-// may fail, and afterwards only the new pods answer.
-func (e *env) rollingUpdate(pod, ext from) func(context.Context) error {
+// while each client keeps opening connections to its target: none may fail, and
+// afterwards only the new pods answer.
+func (e *env) rollingUpdate(load map[from]target) func(context.Context) error {
 	return func(ctx context.Context) error {
 		old, _, err := e.podIPs(ctx, "echo")
 		if err != nil {
@@ -66,16 +68,15 @@ func (e *env) rollingUpdate(pod, ext from) func(context.Context) error {
 		}
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
-		counts := make([]loadCount, 2)
-		for i, c := range []struct {
-			f from
-			t target
-		}{{pod, target{"echo", "tcp", "cluster"}}, {ext, target{"echo-lb", "tcp", "lb:" + lbIP}}} {
+		counts := make([]loadCount, len(load))
+		i := 0
+		for f, t := range load {
 			wg.Add(1)
-			go func() {
+			go func(i int) {
 				defer wg.Done()
-				counts[i] = e.keepConnecting(ctx, c.f, c.t, stop)
-			}()
+				counts[i] = e.keepConnecting(ctx, f, t, stop)
+			}(i)
+			i++
 		}
 		patch := fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{"e2e/restartedAt":%q}}}}}`, time.Now().Format(time.RFC3339Nano))
 		_, err = e.cs.AppsV1().Deployments(ns).Patch(ctx, "echo", types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{})
@@ -104,8 +105,15 @@ func (e *env) rollingUpdate(pod, ext from) func(context.Context) error {
 				return fmt.Errorf("pod IP %s is still there after the rollout", ip)
 			}
 		}
-		e.o.Logf("rolling update: %s: %d ok; %s: %d ok", counts[0].what, counts[0].ok, counts[1].what, counts[1].ok)
-		return e.reachesAll(pod, target{"echo", "tcp", "cluster"}, "echo")(ctx)
+		for _, c := range counts {
+			e.o.Logf("rolling update: %s: %d connections, all answered", c.what, c.ok)
+		}
+		for f, t := range load {
+			if err := e.reachesAllNow(f, t, "echo")(ctx); err != nil {
+				return fmt.Errorf("after the rollout: %w", err)
+			}
+		}
+		return nil
 	}
 }
 
