@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/switchyard/switchyard/test/process"
 	"github.com/switchyard/switchyard/test/topology"
 )
 
@@ -139,7 +140,7 @@ func Leftovers(stateRoot, prefix string) []string {
 	dir := filepath.Join(stateRoot, prefix)
 	var out []string
 	for _, pid := range pidsNaming(dir) {
-		if _, state, err := procStart(pid); err == nil && state != "Z" {
+		if _, state, err := process.StartTime(pid); err == nil && state != "Z" {
 			out = append(out, fmt.Sprintf("process %d", pid))
 		}
 	}
@@ -174,42 +175,15 @@ func Leftovers(stateRoot, prefix string) []string {
 const ownerFile = "owner"
 
 func writeOwner(dir string) error {
-	start, _, err := procStart(os.Getpid())
+	owner, err := process.Owner()
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(dir, ownerFile), []byte(fmt.Sprintf("%d %s\n", os.Getpid(), start)), 0o644)
+	return os.WriteFile(filepath.Join(dir, ownerFile), []byte(owner), 0o644)
 }
 
-// ownerAlive tells whether the process that started the run in dir still runs (same pid and start
-// time, so a recycled pid does not count).
-func ownerAlive(dir string) bool {
-	b, err := os.ReadFile(filepath.Join(dir, ownerFile))
-	if err != nil {
-		return false
-	}
-	var pid int
-	var start string
-	if _, err := fmt.Sscan(string(b), &pid, &start); err != nil {
-		return false
-	}
-	now, state, err := procStart(pid)
-	return err == nil && now == start && state != "Z"
-}
-
-// procStart is field 22 of /proc/PID/stat (start time in clock ticks), with the state (field 3).
-func procStart(pid int) (start, state string, err error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return "", "", err
-	}
-	s := string(b)
-	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(fields) < 20 {
-		return "", "", fmt.Errorf("short /proc/%d/stat", pid)
-	}
-	return fields[19], fields[0], nil
-}
+// ownerAlive tells whether the process that started the run in dir still runs.
+func ownerAlive(dir string) bool { return process.OwnerAlive(filepath.Join(dir, ownerFile)) }
 
 var prefixRE = regexp.MustCompile(`^sy[0-9a-f]{6}$`)
 

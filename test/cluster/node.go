@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/switchyard/switchyard/test/process"
 )
 
 // node is a Node with what runs it.
@@ -162,7 +164,7 @@ func waitUntil(ctx context.Context, p *proc, timeout time.Duration, cond func() 
 		case <-p.done:
 			return p.exitError()
 		case <-ctx.Done():
-			return fmt.Errorf("%s: %w; last lines of %s:\n%s", p.name, ctx.Err(), p.log, tailFile(p.log, 20))
+			return fmt.Errorf("%s: %w; last lines of %s:\n%s", p.name, ctx.Err(), p.log, process.TailFile(p.log, 20))
 		case <-tick.C:
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/switchyard/switchyard/test/controlplane"
+	"github.com/switchyard/switchyard/test/process"
 	"github.com/switchyard/switchyard/test/topology"
 )
 
@@ -94,7 +95,7 @@ func StartForTest(t testing.TB, opts Options) *Cluster {
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, log := range c.Logs() {
-				t.Logf("%s:\n%s", log, tailFile(log, 40))
+				t.Logf("%s:\n%s", log, process.TailFile(log, 40))
 			}
 		}
 		if err := c.Close(); err != nil {

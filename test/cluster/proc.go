@@ -1,16 +1,14 @@
 package cluster
 
 import (
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/switchyard/switchyard/test/process"
 )
 
 // proc is a long-running child (a daemon of a node, or a controller) whose output goes to a log file.
@@ -37,7 +35,7 @@ func startProc(name, logPath string, cmd *exec.Cmd) (*proc, error) {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	if err := startOnFixedThread(cmd); err != nil {
+	if err := process.StartOnFixedThread(cmd); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
 	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
@@ -104,50 +102,5 @@ func (p *proc) kill() {
 // exitError describes how the process ended, with the tail of its log.
 func (p *proc) exitError() error {
 	<-p.done
-	return fmt.Errorf("%s exited (%v); last lines of %s:\n%s", p.name, p.err, p.log, tailFile(p.log, 30))
-}
-
-var starter struct {
-	once sync.Once
-	reqs chan func()
-}
-
-// startOnFixedThread starts cmd from one OS thread that lives as long as the process: Pdeathsig fires
-// when the thread that forked the child ends, and Go ends a thread whenever a goroutine exits while
-// locked to it (golang/go#27505), which netns-switching test code does.
-func startOnFixedThread(cmd *exec.Cmd) error {
-	starter.once.Do(func() {
-		starter.reqs = make(chan func())
-		go func() {
-			runtime.LockOSThread() // never unlocked: the thread must outlive every child
-			for f := range starter.reqs {
-				f()
-			}
-		}()
-	})
-	done := make(chan error, 1)
-	starter.reqs <- func() { done <- cmd.Start() }
-	return <-done
-}
-
-// tailFile returns the last n lines of the file at path (at most 16 KiB of it), indented.
-func tailFile(path string, n int) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Sprintf("\t(no log: %v)", err)
-	}
-	defer f.Close()
-	const max = 16 << 10
-	if st, err := f.Stat(); err == nil && st.Size() > max {
-		_, _ = f.Seek(st.Size()-max, io.SeekStart)
-	}
-	b, err := io.ReadAll(f)
-	if err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Sprintf("\t(reading log: %v)", err)
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return "\t" + strings.Join(lines, "\n\t")
+	return fmt.Errorf("%s exited (%v); last lines of %s:\n%s", p.name, p.err, p.log, process.TailFile(p.log, 30))
 }

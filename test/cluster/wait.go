@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/switchyard/switchyard/test/process"
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -46,7 +47,7 @@ func (c *Cluster) waitNodes(ctx context.Context) error {
 		})
 		if err != nil {
 			return fmt.Errorf("node %s (%s): %w; last lines of %s:\n%s", n.Name, last, err, n.kubelet.log,
-				tailFile(n.kubelet.log, 30))
+				process.TailFile(n.kubelet.log, 30))
 		}
 	}
 	return nil
@@ -95,7 +96,7 @@ func (c *Cluster) waitServiceAccount(ctx context.Context, ns string) error {
 	})
 	if err != nil {
 		return fmt.Errorf("default ServiceAccount of %s (%s): %w; last lines of %s:\n%s", ns, last, err,
-			c.kcm.log, tailFile(c.kcm.log, 30))
+			c.kcm.log, process.TailFile(c.kcm.log, 30))
 	}
 	return nil
 }

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/switchyard/switchyard/test/process"
 )
 
 // maxSockPath keeps UNIX socket paths under sun_path's 108 bytes.
@@ -125,7 +127,7 @@ func waitFor(ctx context.Context, p *proc, cond func() bool) error {
 		case <-p.done:
 			return p.exitError()
 		case <-ctx.Done():
-			return fmt.Errorf("%w; last lines of %s:\n%s", ctx.Err(), p.log, tailFile(p.log, 10))
+			return fmt.Errorf("%w; last lines of %s:\n%s", ctx.Err(), p.log, process.TailFile(p.log, 10))
 		case <-tick.C:
 		}
 	}

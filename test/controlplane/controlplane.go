@@ -33,6 +33,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchyard/switchyard/test/process"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -209,8 +210,8 @@ func StartForTest(t testing.TB, opts Options) *ControlPlane {
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("kube-apiserver log (%s):\n%s", c.apiserver.log, tailFile(c.apiserver.log, 40))
-			t.Logf("etcd log (%s):\n%s", c.etcd.log, tailFile(c.etcd.log, 20))
+			t.Logf("kube-apiserver log (%s):\n%s", c.apiserver.log, process.TailFile(c.apiserver.log, 40))
+			t.Logf("etcd log (%s):\n%s", c.etcd.log, process.TailFile(c.etcd.log, 20))
 		}
 		if err := c.Stop(); err != nil {
 			t.Errorf("stopping the control plane: %v", err)
@@ -479,7 +480,7 @@ func waitHTTP(ctx context.Context, p *proc, url, token string, ok func(int, []by
 			return p.exitError()
 		case <-ctx.Done():
 			return fmt.Errorf("%s not ready at %s (%v); last answer: %s; last lines of %s:\n%s",
-				p.name, url, context.Cause(ctx), last, p.log, tailFile(p.log, 30))
+				p.name, url, context.Cause(ctx), last, p.log, process.TailFile(p.log, 30))
 		case <-tick.C:
 		}
 	}

@@ -2,15 +2,15 @@ package controlplane
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/switchyard/switchyard/test/process"
 )
 
 // proc is a child process whose output goes to a log file. A goroutine waits for
@@ -135,29 +135,7 @@ func groupMembers(pgid int) []int {
 // exitError describes how the process ended, with the tail of its log.
 func (p *proc) exitError() error {
 	<-p.done
-	return fmt.Errorf("%s exited (%v); last lines of %s:\n%s", p.name, p.err, p.log, tailFile(p.log, 30))
-}
-
-// tailFile returns the last n lines of the file at path (at most 8 KiB of it).
-func tailFile(path string, n int) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Sprintf("(no log: %v)", err)
-	}
-	defer f.Close()
-	const max = 8 << 10
-	if st, err := f.Stat(); err == nil && st.Size() > max {
-		_, _ = f.Seek(st.Size()-max, io.SeekStart)
-	}
-	b, err := io.ReadAll(f)
-	if err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Sprintf("(reading log: %v)", err)
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return "\t" + strings.Join(lines, "\n\t")
+	return fmt.Errorf("%s exited (%v); last lines of %s:\n%s", p.name, p.err, p.log, process.TailFile(p.log, 30))
 }
 
 // logContains reports whether the file at path contains s.

@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
-	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/switchyard/switchyard/test/process"
 )
 
 // Command returns a command that runs inside the namespace ns (a name from NodeNS, PodNS ...). When ns
@@ -70,34 +70,11 @@ func (t *Topology) Start(cmd *exec.Cmd) error {
 	if t.closed {
 		return errors.New("topology is closed")
 	}
-	if err := startOnFixedThread(cmd); err != nil {
+	if err := process.StartOnFixedThread(cmd); err != nil {
 		return fmt.Errorf("start %s: %w", cmdline(cmd.Path, cmd.Args[1:]), err)
 	}
 	t.procs = append(t.procs, cmd)
 	return nil
-}
-
-var starter struct {
-	once sync.Once
-	reqs chan func()
-}
-
-// startOnFixedThread starts cmd from one OS thread that lives as long as the process. Pdeathsig fires
-// when the thread that forked the child ends, not the process, and Go ends a thread whenever a
-// goroutine exits while locked to it (golang/go#27505), which netns-switching test code does.
-func startOnFixedThread(cmd *exec.Cmd) error {
-	starter.once.Do(func() {
-		starter.reqs = make(chan func())
-		go func() {
-			runtime.LockOSThread() // never unlocked: the thread must outlive every child
-			for f := range starter.reqs {
-				f()
-			}
-		}()
-	})
-	done := make(chan error, 1)
-	starter.reqs <- func() { done <- cmd.Start() }
-	return <-done
 }
 
 // Run runs a command inside ns and returns its combined output; the error includes the command line

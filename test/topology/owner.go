@@ -7,9 +7,10 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
+
+	"github.com/switchyard/switchyard/test/process"
 )
 
 // ownerDir holds one file per run, naming the process that owns it, so that a cleanup started
@@ -21,7 +22,7 @@ func claimPrefix(prefix string) error {
 	if err := os.MkdirAll(ownerDir, 0o755); err != nil {
 		return fmt.Errorf("owner directory: %w", err)
 	}
-	start, _, err := startTime(os.Getpid())
+	owner, err := process.Owner()
 	if err != nil {
 		return err
 	}
@@ -29,7 +30,7 @@ func claimPrefix(prefix string) error {
 	if err != nil {
 		return fmt.Errorf("claim prefix %s: %w", prefix, err)
 	}
-	_, err = fmt.Fprintf(f, "%d %s\n", os.Getpid(), start)
+	_, err = f.WriteString(owner)
 	return errors.Join(err, f.Close())
 }
 
@@ -56,37 +57,9 @@ func ownerPrefixes() ([]string, error) {
 	return out, nil
 }
 
-// ownerAlive tells whether the process that claimed the prefix still runs (same pid, same start
-// time, so a recycled pid does not count). Without an owner file, the run is a leftover.
-func ownerAlive(prefix string) bool {
-	b, err := os.ReadFile(filepath.Join(ownerDir, prefix))
-	if err != nil {
-		return false
-	}
-	var pid int
-	var start string
-	if _, err := fmt.Sscan(string(b), &pid, &start); err != nil {
-		return false
-	}
-	now, state, err := startTime(pid)
-	// A killed owner stays a zombie until PID 1 reaps it: it is gone all the same.
-	return err == nil && now == start && state != "Z"
-}
-
-// startTime is field 22 of /proc/PID/stat (in clock ticks since boot), with the state (field 3).
-func startTime(pid int) (start, state string, err error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return "", "", fmt.Errorf("process start time: %w", err)
-	}
-	// The command name (field 2) may contain spaces; the fields after it are plain.
-	s := string(b)
-	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(fields) < 20 {
-		return "", "", fmt.Errorf("short /proc/%d/stat", pid)
-	}
-	return fields[19], fields[0], nil
-}
+// ownerAlive tells whether the process that claimed the prefix still runs. Without an owner file,
+// the run is a leftover.
+func ownerAlive(prefix string) bool { return process.OwnerAlive(filepath.Join(ownerDir, prefix)) }
 
 var live = struct {
 	sync.Mutex
