@@ -97,7 +97,13 @@ func (e *env) install(ctx context.Context) error {
 	if err := a.Apply(ctx, objs, false); err != nil {
 		return err
 	}
-	return e.waitAgents(ctx)
+	if err := e.waitAgents(ctx); err != nil {
+		return err
+	}
+	if e.o.Overlay == "ebpf" {
+		return e.checkSocketHooks()
+	}
+	return nil
 }
 
 // waitAgents waits for a Running, Ready, unprivileged switchyard pod on every node.
