@@ -73,11 +73,11 @@ images:
 E2E_IMAGES := switchyard test pause
 e2e: prereqs controlplane
 	$(GO) run ./test/cmd/image -q -o bin -version $(VERSION) $(E2E_IMAGES)
-	$(GO) run ./test/cmd/e2e -overlays ebpf,iptables
+	$(GO) run ./test/cmd/e2e -proxies ebpf,iptables
 
 e2e-short: prereqs controlplane
 	$(GO) run ./test/cmd/image -q -o bin -version $(VERSION) $(E2E_IMAGES)
-	$(GO) run ./test/cmd/e2e -overlays ebpf,iptables -short
+	$(GO) run ./test/cmd/e2e -proxies ebpf,iptables -short
 
 unit:
 	$(GO) test -race -count=1 ./...

@@ -12,72 +12,18 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
-	"github.com/switchyard/switchyard/test/cluster"
 	"github.com/switchyard/switchyard/test/manifest"
 )
 
-// overlayFor is what an operator of this cluster writes over deploy/overlays/<mode>:
-// the API server's address as the nodes reach it, the pod CIDR, and for eBPF the
-// node's own cgroup v2 directory instead of the v2 root (the harness's nodes share
-// the host's hierarchy; their cgroup is named after the node).
-func overlayFor(dir, repo, mode string) (map[string]string, error) {
-	// kustomize takes resources only by relative path.
-	base, err := filepath.Rel(dir, filepath.Join(repo, "deploy", "overlays", mode))
-	if err != nil {
-		return nil, err
-	}
-	k := fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-- %s
-configMapGenerator:
-- name: switchyard-apiserver
-  namespace: kube-system
-  behavior: replace
-  literals:
-  - KUBERNETES_SERVICE_HOST=%s
-  - KUBERNETES_SERVICE_PORT=%s
-- name: switchyard-config
-  namespace: kube-system
-  behavior: replace
-  files: [config.conf]
-`, base, apiHost(), apiPort())
-	if mode == "ebpf" {
-		k += `patches:
-- target: {kind: DaemonSet, name: switchyard}
-  patch: |-
-    - op: add
-      path: /spec/template/spec/containers/0/args/-
-      value: --cgroup-root=/sys/fs/cgroup/unified/$(NODE_NAME)
-`
-	}
-	conf := fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
-kind: KubeProxyConfiguration
-clusterCIDR: %s
-healthzBindAddress: 0.0.0.0:10256
-metricsBindAddress: 127.0.0.1:10249
-`, cluster.ClusterCIDR)
-	return map[string]string{"kustomization.yaml": k, "config.conf": conf}, nil
-}
-
-func apiHost() string {
-	h := strings.TrimPrefix(cluster.NodeAPIServer, "https://")
-	return h[:strings.LastIndexByte(h, ':')]
-}
-
-func apiPort() string {
-	return cluster.NodeAPIServer[strings.LastIndexByte(cluster.NodeAPIServer, ':')+1:]
-}
-
-// install applies the overlay through the API server and waits until the DaemonSet
-// has a Ready pod on every node.
+// install applies the proxy's overlay through the API server and waits until its
+// DaemonSet has a Ready pod on every node and each node's /healthz answers.
 func (e *env) install(ctx context.Context) error {
 	dir, err := os.MkdirTemp("", "switchyard-e2e-overlay-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	files, err := overlayFor(dir, e.o.Repo, e.o.Overlay)
+	files, err := e.p.overlay(dir, e.o.Repo)
 	if err != nil {
 		return err
 	}
@@ -100,13 +46,15 @@ func (e *env) install(ctx context.Context) error {
 	if err := e.waitAgents(ctx); err != nil {
 		return err
 	}
-	if e.o.Overlay == "ebpf" {
+	if e.p.ebpf {
 		return e.checkSocketHooks()
 	}
 	return nil
 }
 
-// waitAgents waits for a Running, Ready, unprivileged switchyard pod on every node.
+// waitAgents waits for a Running, Ready pod of the proxy on every node (unprivileged
+// for Switchyard), then for each node's /healthz to answer 200: the proxy has
+// programmed its node (kube-proxy's DaemonSet has no readiness probe).
 func (e *env) waitAgents(ctx context.Context) error {
 	var last error
 	err := wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
@@ -120,14 +68,14 @@ func (e *env) waitAgents(ctx context.Context) error {
 }
 
 func (e *env) agentsReady(ctx context.Context) error {
-	pods, err := e.cs.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "k8s-app=switchyard"})
+	pods, err := e.cs.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "k8s-app=" + e.p.app})
 	if err != nil {
 		return err
 	}
 	ready := map[string]bool{}
 	for _, p := range pods.Items {
 		for _, c := range p.Spec.Containers {
-			if sc := c.SecurityContext; sc == nil || sc.Privileged == nil || *sc.Privileged {
+			if sc := c.SecurityContext; !e.p.privileged && (sc == nil || sc.Privileged == nil || *sc.Privileged) {
 				return fmt.Errorf("pod %s: container %s is privileged or does not say", p.Name, c.Name)
 			}
 		}
@@ -137,7 +85,11 @@ func (e *env) agentsReady(ctx context.Context) error {
 	}
 	for _, n := range e.c.Nodes() {
 		if !ready[n.Name] {
-			return fmt.Errorf("no Ready switchyard pod on %s (%d pods)", n.Name, len(pods.Items))
+			return fmt.Errorf("no Ready %s pod on %s (%d pods)", e.p.app, n.Name, len(pods.Items))
+		}
+		code, err := e.httpStatus(ctx, from{"node", n.Name}, "http://127.0.0.1:10256/healthz")
+		if err != nil || code != 200 {
+			return fmt.Errorf("node %s: /healthz answered %d (%v)", n.Name, code, err)
 		}
 	}
 	return nil
@@ -152,12 +104,12 @@ func podReady(p *corev1.Pod) bool {
 	return false
 }
 
-// agentLogs are the agent containers' logs, read from each node's pod log directory
+// agentLogs are the proxy containers' logs, read from each node's pod log directory
 // (the API server cannot reach the kubelets, which live inside the nodes' namespaces).
 func (e *env) agentLogs(context.Context) string {
 	var b strings.Builder
 	for _, n := range e.c.Nodes() {
-		files, _ := filepath.Glob(filepath.Join(n.Dir, "pod-logs", "kube-system_switchyard-*", "switchyard", "*.log"))
+		files, _ := filepath.Glob(filepath.Join(n.Dir, "pod-logs", "kube-system_"+e.p.app+"-*", e.p.app, "*.log"))
 		for _, f := range files {
 			data, err := os.ReadFile(f)
 			if err != nil {

@@ -10,8 +10,10 @@ import (
 
 // Options configure Run.
 type Options struct {
-	// Overlay is the deploy/overlays directory to install: ebpf or iptables.
-	Overlay string
+	// Proxy is what to install (Proxies): Switchyard with deploy/overlays/ebpf or
+	// iptables, or upstream kube-proxy (nftables or iptables mode) from its image, as
+	// kubeadm deploys it: the same checks hold for both.
+	Proxy string
 	// Repo is the repository's root (deploy/overlays is found there).
 	Repo string
 	// Images are the image archives to load into the nodes (switchyard, test pods, pause).
@@ -37,6 +39,10 @@ type Result struct {
 // could run (the cluster, the install, the workloads); the cluster is gone when Run
 // returns.
 func Run(ctx context.Context, o Options) (results []Result, err error) {
+	p, err := proxyNamed(o.Proxy)
+	if err != nil {
+		return nil, err
+	}
 	c, err := cluster.Start(ctx, cluster.Options{Nodes: 2, ExternalClients: 2, Images: o.Images, Logf: o.Logf})
 	if err != nil {
 		return nil, err
@@ -46,12 +52,12 @@ func Run(ctx context.Context, o Options) (results []Result, err error) {
 			err = fmt.Errorf("closing the cluster: %w", cerr)
 		}
 	}()
-	e := &env{c: c, o: o, cs: c.Client()}
+	e := &env{c: c, o: o, p: p, cs: c.Client()}
 	start := time.Now()
 	if err := e.install(ctx); err != nil {
-		return nil, e.withLogs(ctx, fmt.Errorf("installing the %s overlay: %w", o.Overlay, err))
+		return nil, e.withLogs(ctx, fmt.Errorf("installing %s: %w", o.Proxy, err))
 	}
-	o.Logf("switchyard: DaemonSet pods Ready on every node %s after applying the overlay", time.Since(start).Round(time.Millisecond))
+	o.Logf("%s: DaemonSet pods Ready and /healthz 200 on every node %s after applying it", p.app, time.Since(start).Round(time.Millisecond))
 	if err := e.deploy(ctx); err != nil {
 		return nil, e.withLogs(ctx, fmt.Errorf("deploying the workloads: %w", err))
 	}
@@ -61,7 +67,7 @@ func Run(ctx context.Context, o Options) (results []Result, err error) {
 		}
 		t0 := time.Now()
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-		r := Result{Name: o.Overlay + "/" + ch.name, Err: ch.run(cctx), Took: time.Since(t0)}
+		r := Result{Name: o.Proxy + "/" + ch.name, Err: ch.run(cctx), Took: time.Since(t0)}
 		cancel()
 		if o.Report != nil {
 			o.Report(r)

@@ -32,6 +32,7 @@ const (
 type env struct {
 	c  *cluster.Cluster
 	o  Options
+	p  proxy
 	cs kubernetes.Interface
 }
 
