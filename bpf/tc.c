@@ -251,6 +251,7 @@ enum {
 	EV_ERROR,
 	EV_CT_FULL,
 	EV_HOST_PORT,
+	EV_UNTRACKED,
 	EV_MAX,
 };
 
@@ -1576,6 +1577,13 @@ static __always_inline int handle(struct __sk_buff *skb, int external, int redir
 		return host_flow(skb, &p, v && !v->is_reply);
 	if (!external)
 		return TC_ACT_OK;
+	/* Only a SYN starts a TCP flow. Another segment with no flow belongs to a connection these
+	 * programs never saw, such as one kube-proxy's conntrack NATed before Switchyard took over:
+	 * the stack's conntrack entry still carries it, where a backend picked afresh would reset it. */
+	if (p.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN) {
+		count(EV_UNTRACKED);
+		return TC_ACT_OK;
+	}
 	return new_flow(skb, &p, assured);
 }
 

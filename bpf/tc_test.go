@@ -340,6 +340,37 @@ func TestTCLeavesOtherTrafficAlone(t *testing.T) {
 	want(t, "a pod's packet", got, ret, tcOK, tcp("10.0.1.1:1234", npTCP).describe())
 }
 
+// A TCP segment other than a SYN that no flow knows belongs to a connection the programs never
+// saw (one kube-proxy's conntrack NATed before the handover): it goes on to the stack untouched,
+// where load-balancing it afresh would reset it. A SYN on the same tuple starts a flow.
+func TestTCMidFlowSegmentGoesToTheStack(t *testing.T) {
+	e := newNATEnv(t)
+	p := e.objs.TC
+	mid := tcp(client4, npTCP)
+	mid.tcpFlags = tcpACK
+	ret, got := e.run(t, p.ExtIngress, mid)
+	want(t, "an ACK with no flow", got, ret, tcOK, mid.describe())
+	fin := mid
+	fin.tcpFlags = tcpACK | 0x01
+	ret, got = e.run(t, p.ExtIngress, fin)
+	want(t, "a FIN with no flow", got, ret, tcOK, fin.describe())
+	ret, _ = e.run(t, p.ExtIngress, tcp(client4, npTCP))
+	if ret != tcRedirect {
+		t.Errorf("a SYN on the tuple: %d, want a new flow", ret)
+	}
+	ret, got = e.run(t, p.ExtIngress, mid)
+	if ret != tcRedirect || got.dst != ap(pod1TCP) {
+		t.Errorf("the ACK once the flow exists: %d %s, want it translated to %s", ret, got, pod1TCP)
+	}
+	evs, err := TCEvents(p.Events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if evs["untracked"] != 2 || evs["new_flow"] != 1 {
+		t.Errorf("events %v, want 2 untracked and 1 new flow", evs)
+	}
+}
+
 // A connection that closed (FIN both ways, then the last ACK) is started over by a SYN on the same
 // tuple, as conntrack reopens one, and the counters say so.
 func TestTCClosedFlowReopens(t *testing.T) {

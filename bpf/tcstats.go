@@ -22,6 +22,7 @@ var tcEvents = [...]string{
 	"error",             // dropped: the packet could not be rewritten
 	"ct_full",           // an established connection left evictable: ct_assured is full (--bpf-ct-max)
 	"host_port",         // a connection of the node's own moved off a port a masqueraded flow holds
+	"untracked",         // a TCP segment other than a SYN with no flow: left to the stack (a connection from before, e.g. kube-proxy's)
 }
 
 // TCEvents sums the per-CPU counters.
