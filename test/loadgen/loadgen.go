@@ -33,6 +33,23 @@ type Result struct {
 	// Peers the client addresses the servers saw (without the port): not this one's when NATed.
 	Endpoints map[string]int64 `json:"endpoints"`
 	Peers     map[string]int64 `json:"peers"`
+	// Broken counts mode persistent's connections that failed after they had answered: a live
+	// connection lost, where Errors also counts connects that failed.
+	Broken int64 `json:"broken"`
+	// Start is when the run started (Unix seconds), so a caller can cut the timeline at its own
+	// events; Timeline has a bucket per -timeline of the run, when asked for.
+	Start    float64  `json:"start_unix"`
+	Timeline []Bucket `json:"timeline,omitempty"`
+}
+
+// Bucket is what happened in one slice of a run, by when the request started.
+type Bucket struct {
+	At         float64          `json:"at_s"` // the slice's start, in seconds from Start
+	Requests   int64            `json:"requests"`
+	ErrorKinds map[string]int64 `json:"error_kinds,omitempty"`
+	Broken     int64            `json:"broken,omitempty"`
+	// MaxMs is the slowest answered request (connect included in modes conn and udp).
+	MaxMs float64 `json:"max_ms"`
 }
 
 // Kind names a failed connection as the flow files do: "refused" (a RST, or ICMP

@@ -32,7 +32,7 @@ func TestParseFlags(t *testing.T) {
 func TestExchangeAndMerge(t *testing.T) {
 	o := options{dsts: []string{"10.0.1.1:8080"}, mode: "persistent", timeout: time.Second, workers: 1, size: 4}
 	start := time.Now()
-	w := newWorker(o, []byte("abc\n"), 0)
+	w := newWorker(o, []byte("abc\n"), 0, newTimeline(start, 0))
 	client, server := net.Pipe()
 	go func() {
 		r := bufio.NewReader(server)
@@ -72,5 +72,37 @@ func TestPacer(t *testing.T) {
 	}
 	if newPacer(end, 0) != nil || !(*pacer)(nil).wait(end) {
 		t.Error("rate 0: paced")
+	}
+}
+
+// Mode persistent: a connection that answered and then fails is broken, and -timeline puts each
+// request in the slice it started in (one slice here) with the slowest answer.
+func TestPersistentBrokenAndTimeline(t *testing.T) {
+	o := options{dsts: []string{"10.0.1.1:8080"}, mode: "persistent", timeout: time.Second, workers: 1, size: 4, timeline: time.Hour}
+	start := time.Now()
+	w := newWorker(o, []byte("abc\n"), 0, newTimeline(start, o.timeline))
+	client, server := net.Pipe()
+	go func() {
+		r := bufio.NewReader(server)
+		r.ReadString('\n')
+		server.Write([]byte("10.0.1.1:8080 192.168.0.2:40000\n"))
+		r.ReadString('\n')
+		server.Close()
+	}()
+	w.conn = client
+	for range 2 {
+		w.lastStart = time.Now()
+		w.onePersistent()
+	}
+	r := merge(o, []*worker{w}, start, start.Add(time.Second))
+	if r.Requests != 1 || r.Errors != 1 || r.Broken != 1 || r.Start != float64(start.UnixNano())/1e9 {
+		t.Errorf("%+v", r)
+	}
+	if len(r.Timeline) != 1 {
+		t.Fatalf("timeline %+v, want one slice", r.Timeline)
+	}
+	b := r.Timeline[0]
+	if b.At != 0 || b.Requests != 1 || b.Broken != 1 || b.ErrorKinds["error"] != 1 || b.MaxMs <= 0 {
+		t.Errorf("slice %+v", b)
 	}
 }

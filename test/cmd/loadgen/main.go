@@ -3,7 +3,7 @@
 // (test/cmd/echo -tcp-rr or -tcp-close; -udp for mode udp) for a fixed time:
 //
 //	loadgen -dst IP:PORT[,IP:PORT...] [-mode conn|persistent|udp] [-duration 5s] [-workers 4]
-//	    [-timeout 1s] [-size 32] [-interval 0] [-rate 0]
+//	    [-timeout 1s] [-size 32] [-interval 0] [-rate 0] [-timeline 0]
 //
 // Mode conn opens a new TCP connection per request: connect, send one line, read the reply line,
 // close. Mode persistent keeps one connection per worker and sends request after request on it
@@ -17,6 +17,10 @@
 // late one at once, so the schedule sets the total (a steady stream that must outlast a limit,
 // instead of as many as the workers manage).
 // Workers start no request after -duration; the ones in flight finish (bounded by -timeout).
+// In mode persistent, a connection that fails after it has answered counts as broken. With
+// -timeline, the result also has the run in slices of that length (by when each request
+// started) and its start time, so a caller can cut one long run at its own events (the steps of
+// a handover) and see what each one cost.
 //
 // It prints one JSON object (see result) and exits 0 whatever the outcome; 2 means bad usage.
 package main
@@ -48,13 +52,14 @@ type options struct {
 	size     int
 	interval time.Duration
 	rate     int // new connections per second, all workers together (0: as fast as they can)
+	timeline time.Duration
 }
 
 func main() {
 	o, err := parseFlags(os.Args[1:])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "usage: loadgen -dst IP:PORT[,...] [-mode conn|persistent|udp] [-duration 5s] [-workers 4] "+
-			"[-timeout 1s] [-size 32] [-interval 0] [-rate 0]:", err)
+			"[-timeout 1s] [-size 32] [-interval 0] [-rate 0] [-timeline 0]:", err)
 		os.Exit(2)
 	}
 	if err := json.NewEncoder(os.Stdout).Encode(run(o)); err != nil {
@@ -74,6 +79,7 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.size, "size", 32, "request size in bytes, newline included")
 	fs.DurationVar(&o.interval, "interval", 0, "pause of each worker after every request (0: none)")
 	fs.IntVar(&o.rate, "rate", 0, "modes conn and udp: new connections per second, all workers together (0: no limit)")
+	fs.DurationVar(&o.timeline, "timeline", 0, "also report the run in slices this long (answered, failed by kind, broken, slowest), by when each request started (0: no)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -85,8 +91,8 @@ func parseFlags(args []string) (options, error) {
 		o.dsts = append(o.dsts, ap.String())
 	}
 	if !slices.Contains([]string{"conn", "persistent", "udp"}, o.mode) || o.duration <= 0 || o.timeout <= 0 ||
-		o.workers < 1 || o.size < 1 || o.size > 1024 || o.interval < 0 || fs.NArg() > 0 {
-		return o, fmt.Errorf("bad -mode, -duration, -timeout, -workers, -size (1..1024), -interval or extra arguments")
+		o.workers < 1 || o.size < 1 || o.size > 1024 || o.interval < 0 || o.timeline < 0 || fs.NArg() > 0 {
+		return o, fmt.Errorf("bad -mode, -duration, -timeout, -workers, -size (1..1024), -interval, -timeline or extra arguments")
 	}
 	if o.rate < 0 || o.rate > 0 && o.mode == "persistent" {
 		return o, fmt.Errorf("bad -rate (at least 0, and only for modes conn and udp)")
@@ -106,7 +112,7 @@ func run(o options) result {
 	ws := make([]*worker, o.workers)
 	var wg sync.WaitGroup
 	for i := range ws {
-		ws[i] = newWorker(o, req, i)
+		ws[i] = newWorker(o, req, i, newTimeline(start, o.timeline))
 		wg.Go(func() { ws[i].loop(end, pace) })
 	}
 	wg.Wait()
@@ -144,12 +150,14 @@ func (p *pacer) wait(end time.Time) bool {
 // merge adds up the counts of the workers that ran from start to end.
 func merge(o options, ws []*worker, start, end time.Time) result {
 	r := result{Mode: o.mode, Workers: o.workers, Elapsed: end.Sub(start).Seconds(),
-		ErrorKinds: map[string]int64{}, Endpoints: map[string]int64{}, Peers: map[string]int64{}}
+		ErrorKinds: map[string]int64{}, Endpoints: map[string]int64{}, Peers: map[string]int64{},
+		Start: float64(start.UnixNano()) / 1e9, Timeline: mergeTimelines(ws)}
 	var lat []time.Duration
 	var firstErrAt time.Time
 	for _, w := range ws {
 		r.Requests += int64(len(w.lat))
 		r.Conns += w.conns
+		r.Broken += w.broken
 		lat = append(lat, w.lat...)
 		for k, n := range w.errs {
 			r.ErrorKinds[k] += n

@@ -26,14 +26,19 @@ type worker struct {
 	firstErr   string
 	firstErrAt time.Time
 	replies    map[string]int64 // "endpoint peer-ip" -> answers
+	broken     int64
+	answered   bool      // mode persistent: the open connection has answered
+	lastStart  time.Time // when the request under way started
+	timeline   timeline
 }
 
-func newWorker(o options, req []byte, i int) *worker {
-	return &worker{o: o, req: req, next: i % len(o.dsts), errs: map[string]int64{}, replies: map[string]int64{}}
+func newWorker(o options, req []byte, i int, tl timeline) *worker {
+	return &worker{o: o, req: req, next: i % len(o.dsts), errs: map[string]int64{}, replies: map[string]int64{}, timeline: tl}
 }
 
 func (w *worker) loop(end time.Time, pace *pacer) {
 	for time.Now().Before(end) && pace.wait(end) {
+		w.lastStart = time.Now()
 		if w.o.mode == "persistent" {
 			w.onePersistent()
 		} else {
@@ -61,7 +66,7 @@ func (w *worker) dial() (net.Conn, error) {
 
 // oneConn: connect, one request, its reply, close (in mode udp: a socket, one datagram each way).
 func (w *worker) oneConn() {
-	start := time.Now()
+	start := w.lastStart
 	c, err := w.dial()
 	if err != nil {
 		w.fail(err)
@@ -81,13 +86,20 @@ func (w *worker) onePersistent() {
 			w.fail(err)
 			return
 		}
-		w.conn = c
+		w.conn, w.answered = c, false
 	}
-	if err := w.exchange(w.conn, time.Now()); err != nil {
+	start := w.lastStart
+	if err := w.exchange(w.conn, start); err != nil {
 		w.fail(err)
+		if w.answered {
+			w.broken++
+			w.timeline.at(start).Broken++
+		}
 		w.conn.Close()
 		w.conn = nil
+		return
 	}
+	w.answered = true
 }
 
 // exchange sends the request and reads the reply line "<endpoint> <peer>" (over UDP: one datagram
@@ -109,6 +121,9 @@ func (w *worker) exchange(c net.Conn, start time.Time) error {
 				return err
 			}
 			w.lat = append(w.lat, d)
+			b := w.timeline.at(start)
+			b.Requests++
+			b.MaxMs = max(b.MaxMs, float64(d)/float64(time.Millisecond))
 			return nil
 		}
 		switch {
@@ -137,6 +152,7 @@ func (w *worker) record(line []byte) error {
 func (w *worker) fail(err error) {
 	kind := loadgen.Kind(err)
 	w.errs[kind]++
+	w.timeline.at(w.lastStart).ErrorKinds[kind]++
 	if w.firstErr == "" {
 		w.firstErr, w.firstErrAt = kind+": "+err.Error(), time.Now()
 	}
