@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -178,24 +177,6 @@ func (a *agent) startServers(ctx context.Context, g *errgroup.Group) {
 		mux.Handle("/livez", a.health.Handler())
 		serve(ctx, g, "metrics", a.cfg.metricsAddr, mux)
 	}
-}
-
-func serve(ctx context.Context, g *errgroup.Group, name, addr string, h http.Handler) {
-	srv := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	g.Go(func() error {
-		go func() {
-			<-ctx.Done()
-			shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if err := srv.Shutdown(shutdown); err != nil {
-				klog.ErrorS(err, "Stopping a server", "server", name)
-			}
-		}()
-		if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("%s server on %s: %w", name, addr, err)
-		}
-		return nil
-	})
 }
 
 func logProblems(n dataplane.ServiceName, ps []dataplane.Problem) {
