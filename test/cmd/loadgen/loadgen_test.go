@@ -106,3 +106,29 @@ func TestPersistentBrokenAndTimeline(t *testing.T) {
 		t.Errorf("slice %+v", b)
 	}
 }
+
+// A stop (the signal a caller sends when its run is over) ends a worker's pause between requests
+// and its loop, long before -duration: here after one answer, in a pause of an hour.
+func TestStopEndsTheRun(t *testing.T) {
+	o := options{dsts: []string{"10.0.1.1:8080"}, mode: "persistent", timeout: time.Second, workers: 1, size: 4, interval: time.Hour}
+	w := newWorker(o, []byte("abc\n"), 0, newTimeline(time.Now(), 0))
+	client, server := net.Pipe()
+	stop := make(chan struct{})
+	go func() {
+		r := bufio.NewReader(server)
+		r.ReadString('\n')
+		server.Write([]byte("10.0.1.1:8080 192.168.0.2:40000\n"))
+		close(stop)
+	}()
+	w.conn = client
+	done := make(chan struct{})
+	go func() { w.loop(time.Now().Add(time.Hour), nil, stop); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the worker is still running after its stop")
+	}
+	if len(w.lat) != 1 {
+		t.Errorf("%d answers, want 1", len(w.lat))
+	}
+}

@@ -16,7 +16,9 @@
 // evenly spaced: the k-th starts k/rate seconds after the start, whichever worker is free, and a
 // late one at once, so the schedule sets the total (a steady stream that must outlast a limit,
 // instead of as many as the workers manage).
-// Workers start no request after -duration; the ones in flight finish (bounded by -timeout).
+// Workers start no request after -duration, or after a SIGINT or SIGTERM (a caller that cannot
+// know how long it needs, such as a handover's steps, runs it long and stops it); the ones in
+// flight finish (bounded by -timeout) and the result is printed.
 // In mode persistent, a connection that fails after it has answered counts as broken. With
 // -timeline, the result also has the run in slices of that length (by when each request
 // started) and its start time, so a caller can cut one long run at its own events (the steps of
@@ -31,10 +33,12 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/signal"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/switchyard/switchyard/test/loadgen"
@@ -62,7 +66,11 @@ func main() {
 			"[-timeout 1s] [-size 32] [-interval 0] [-rate 0] [-timeline 0]:", err)
 		os.Exit(2)
 	}
-	if err := json.NewEncoder(os.Stdout).Encode(run(o)); err != nil {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	stop := make(chan struct{})
+	go func() { <-sig; close(stop) }()
+	if err := json.NewEncoder(os.Stdout).Encode(run(o, stop)); err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen: write:", err)
 		os.Exit(1)
 	}
@@ -100,7 +108,8 @@ func parseFlags(args []string) (options, error) {
 	return o, nil
 }
 
-func run(o options) result {
+// run sends requests until -duration has passed or stop is closed.
+func run(o options, stop <-chan struct{}) result {
 	req := make([]byte, o.size)
 	for i := range req {
 		req[i] = 'a' + byte(i%26)
@@ -113,7 +122,7 @@ func run(o options) result {
 	var wg sync.WaitGroup
 	for i := range ws {
 		ws[i] = newWorker(o, req, i, newTimeline(start, o.timeline))
-		wg.Go(func() { ws[i].loop(end, pace) })
+		wg.Go(func() { ws[i].loop(end, pace, stop) })
 	}
 	wg.Wait()
 	return merge(o, ws, start, time.Now())

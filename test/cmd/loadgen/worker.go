@@ -36,8 +36,8 @@ func newWorker(o options, req []byte, i int, tl timeline) *worker {
 	return &worker{o: o, req: req, next: i % len(o.dsts), errs: map[string]int64{}, replies: map[string]int64{}, timeline: tl}
 }
 
-func (w *worker) loop(end time.Time, pace *pacer) {
-	for time.Now().Before(end) && pace.wait(end) {
+func (w *worker) loop(end time.Time, pace *pacer, stop <-chan struct{}) {
+	for time.Now().Before(end) && !closed(stop) && pace.wait(end) {
 		w.lastStart = time.Now()
 		if w.o.mode == "persistent" {
 			w.onePersistent()
@@ -45,11 +45,23 @@ func (w *worker) loop(end time.Time, pace *pacer) {
 			w.oneConn()
 		}
 		if w.o.interval > 0 {
-			time.Sleep(min(w.o.interval, time.Until(end)))
+			select {
+			case <-time.After(min(w.o.interval, time.Until(end))):
+			case <-stop:
+			}
 		}
 	}
 	if w.conn != nil {
 		w.conn.Close()
+	}
+}
+
+func closed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
 	}
 }
 
