@@ -177,6 +177,11 @@ func (a *agent) startServers(ctx context.Context, g *errgroup.Group) {
 		mux.Handle("/livez", a.health.Handler())
 		serve(ctx, g, "metrics", a.cfg.metricsAddr, mux)
 	}
+	if a.cfg.statusAddr != "" {
+		// The same answers as healthz on an address kube-proxy does not hold, so the
+		// pod's probes ask this agent even while kube-proxy answers on 10256.
+		serve(ctx, g, "status", a.cfg.statusAddr, a.health.Handler())
+	}
 }
 
 func logProblems(n dataplane.ServiceName, ps []dataplane.Problem) {

@@ -59,7 +59,7 @@ func TestAgentFollowsFileSource(t *testing.T) {
 	o := newOptions()
 	o.addFlags(pflag.NewFlagSet("agent", pflag.ContinueOnError))
 	o.mode, o.source, o.hostnameOverride = "print", "file:"+dir, "node-a"
-	o.healthzBindAddress, o.metricsBindAddress = "", "" // no sockets in tests
+	o.healthzBindAddress, o.metricsBindAddress, o.statusBindAddress = "", "", "" // no sockets in tests
 	cfg, err := o.complete()
 	if err != nil {
 		t.Fatal(err)

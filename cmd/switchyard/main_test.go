@@ -37,6 +37,7 @@ func TestBadFlagsExit2NamingTheFlag(t *testing.T) {
 		{[]string{"agent", "--node-port-range=32767-30000"}, "--node-port-range"},
 		{[]string{"agent", "--healthz-bind-address=localhost"}, "--healthz-bind-address"},
 		{[]string{"agent", "--metrics-bind-address=nothost:10249"}, "--metrics-bind-address"},
+		{[]string{"agent", "--status-bind-address=10266"}, "--status-bind-address"},
 		{[]string{"agent", "--sync-period=0s"}, "--sync-period"},
 		{[]string{"agent", "--sync-period=soon"}, "sync-period"},
 		{[]string{"agent", "--source=ftp://x"}, "--source"},

@@ -53,6 +53,7 @@ type options struct {
 	masqueradeAll      bool
 	healthzBindAddress string
 	metricsBindAddress string
+	statusBindAddress  string
 	syncPeriod         time.Duration
 	minSyncPeriod      time.Duration
 	configFile         string
@@ -80,6 +81,7 @@ func newOptions() *options {
 		localhostNodePorts: true,
 		healthzBindAddress: "0.0.0.0:10256",
 		metricsBindAddress: "127.0.0.1:10249",
+		statusBindAddress:  "127.0.0.1:10266",
 		syncPeriod:         30 * time.Second,
 		source:             "apiserver",
 		nodePortRange:      "30000-32767",
@@ -105,6 +107,7 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.masqueradeAll, "masquerade-all", o.masqueradeAll, "SNAT all traffic sent to cluster IPs.")
 	fs.StringVar(&o.healthzBindAddress, "healthz-bind-address", o.healthzBindAddress, "ip:port for /healthz and /livez; empty disables.")
 	fs.StringVar(&o.metricsBindAddress, "metrics-bind-address", o.metricsBindAddress, "ip:port for /metrics; empty disables.")
+	fs.StringVar(&o.statusBindAddress, "status-bind-address", o.statusBindAddress, "ip:port for the agent's own /healthz and /livez, for its probes: while kube-proxy still runs, the healthz address answers for kube-proxy. Empty disables.")
 	fs.DurationVar(&o.syncPeriod, "sync-period", o.syncPeriod, "Period of full resyncs (> 0).")
 	fs.DurationVar(&o.minSyncPeriod, "min-sync-period", o.minSyncPeriod, "Minimum time between syncs (default 0 for ebpf and print, 1s for iptables and ipvs).")
 	fs.StringVar(&o.configFile, "config", o.configFile, "A KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1) file; flags given on the command line override it.")
@@ -142,6 +145,7 @@ type agentConfig struct {
 	sourceFile    string // "" for the API server
 	healthzAddr   string
 	metricsAddr   string
+	statusAddr    string
 	syncPeriod    time.Duration
 	minSyncPeriod time.Duration
 	// minSyncPeriodSet: given by flag or config file; otherwise the default
@@ -241,6 +245,9 @@ func (o *options) validate() (*agentConfig, error) {
 		return nil, err
 	}
 	if c.metricsAddr, err = bindAddress("metrics-bind-address", o.metricsBindAddress); err != nil {
+		return nil, err
+	}
+	if c.statusAddr, err = bindAddress("status-bind-address", o.statusBindAddress); err != nil {
 		return nil, err
 	}
 	if o.syncPeriod <= 0 {
