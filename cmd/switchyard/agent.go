@@ -20,6 +20,7 @@ import (
 	"github.com/switchyard/switchyard/bpf"
 	"github.com/switchyard/switchyard/dataplane"
 	"github.com/switchyard/switchyard/dataplane/healthcheck"
+	"github.com/switchyard/switchyard/netfilter"
 	"github.com/switchyard/switchyard/watcher"
 )
 
@@ -80,6 +81,14 @@ func runAgent(ctx context.Context, cfg *agentConfig, out, log io.Writer) error {
 	if mode != "print" {
 		if err := updateReservedPorts(reservedPortsPath(cfg.procfs), cfg.model.NodePortRange, true); err != nil {
 			return err
+		}
+	}
+	if mode == "ebpf" {
+		// eBPF mode has no nat chain of its own: without one, the connections kube-proxy
+		// NATed lose their translation when its rules go (netfilter.HoldNAT). Not fatal:
+		// everything else works without it.
+		if err := netfilter.HoldNAT(ctx, nil); err != nil {
+			klog.ErrorS(err, "Could not keep the kernel's NAT hooks: connections kube-proxy NATed will break when its rules are removed")
 		}
 	}
 	klog.InfoS("Starting Switchyard", "version", version, "mode", mode, "node", cfg.model.NodeName, "source", sourceName(cfg))

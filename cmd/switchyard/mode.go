@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -184,14 +185,14 @@ func newNetfilter(cfg *agentConfig) (*netfilterParts, error) {
 
 // cleanup removes what any dataplane installed: the eBPF pins (which detaches the
 // programs; tc programs attached without links are removed from every device of
-// this network namespace), the iptables rules of either variant, and the reserved
-// NodePort range.
+// this network namespace), eBPF mode's NAT hold, the iptables rules of either
+// variant, and the reserved NodePort range.
 func cleanup(bpfRoot, procfs string, nodePorts dataplane.PortRange) error {
 	// IPVS first: its rules jump to chains iptables' cleanup would otherwise refuse to delete.
 	var ipvsErr error
 	if ipvs.Supported() == nil {
 		ipvsErr = ipvs.CleanupAll(nodePorts, ipvs.FileRecords{Path: ipvs.DefaultRecordsPath})
 	}
-	return errors.Join(bpf.UnpinTC(bpfRoot), bpf.Unpin(bpfRoot), ipvsErr, iptables.CleanupAll(),
+	return errors.Join(bpf.UnpinTC(bpfRoot), bpf.Unpin(bpfRoot), netfilter.ReleaseNAT(context.Background(), nil), ipvsErr, iptables.CleanupAll(),
 		updateReservedPorts(reservedPortsPath(procfs), nodePorts, false))
 }
