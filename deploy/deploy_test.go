@@ -53,6 +53,32 @@ func TestEveryOverlayIsAdmitted(t *testing.T) {
 	}
 }
 
+// The cleanup DaemonSets of a handover and a rollback (docs/migrate.md) are admitted
+// too (kube-proxy's is privileged, as kube-proxy is: the cluster must allow it);
+// Switchyard's is not privileged.
+func TestCleanupIsAdmitted(t *testing.T) {
+	cp := controlplane.StartForTest(t, controlplane.Options{ExtraAPIServerArgs: []string{"--allow-privileged=true"}})
+	a, err := manifest.NewApplier(cp.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range []string{"cleanup/switchyard", "cleanup/kube-proxy"} {
+		objs, err := manifest.Build(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Apply(t.Context(), objs, true); err != nil {
+			t.Errorf("the API server refused %s: %v", dir, err)
+		}
+		if dir == "cleanup/switchyard" {
+			ds := daemonSet(t, objs)
+			if sc := ds.Spec.Template.Spec.InitContainers[0].SecurityContext; sc == nil || sc.Privileged == nil || *sc.Privileged {
+				t.Errorf("%s: the cleanup container is privileged or does not say", dir)
+			}
+		}
+	}
+}
+
 // TestBidirectionalNeedsPrivileged shows why the bpffs mount is HostToContainer: the
 // API server admits Bidirectional propagation only in a privileged container.
 func TestBidirectionalNeedsPrivileged(t *testing.T) {
