@@ -198,3 +198,15 @@ func (n *node) stop() error {
 	}
 	return errors.Join(errs...)
 }
+
+// TagImage gives an image every node holds a second name (ctr images tag), as pushing a new tag
+// to a registry would: a DaemonSet moved to that name rolls its pods onto the same content.
+func (c *Cluster) TagImage(ctx context.Context, ref, newRef string) error {
+	for _, n := range c.nodes {
+		cmd := c.inNodeCtx(ctx, n, "ctr", "-a", n.ContainerdSocket, "-n", "k8s.io", "images", "tag", "--force", ref, newRef)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("%s: tagging %s as %s: %w: %s", n.Name, ref, newRef, err, out)
+		}
+	}
+	return nil
+}

@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/switchyard/switchyard/test/manifest"
@@ -18,21 +19,7 @@ import (
 // install applies the proxy's overlay through the API server and waits until its
 // DaemonSet has a Ready pod on every node and each node's /healthz answers.
 func (e *env) install(ctx context.Context) error {
-	dir, err := os.MkdirTemp("", "switchyard-e2e-overlay-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	files, err := e.p.overlay(dir, e.o.Repo)
-	if err != nil {
-		return err
-	}
-	for name, content := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
-			return err
-		}
-	}
-	objs, err := manifest.Build(dir)
+	objs, err := e.objects()
 	if err != nil {
 		return err
 	}
@@ -48,6 +35,65 @@ func (e *env) install(ctx context.Context) error {
 	}
 	if e.p.ebpf {
 		return e.checkSocketHooks()
+	}
+	return nil
+}
+
+// uninstall deletes what install applied, as kubectl delete -k does, and waits
+// until the proxy's pods are gone (their rules and maps stay: removing them is a
+// separate step, see cleanup).
+func (e *env) uninstall(ctx context.Context) error {
+	objs, err := e.objects()
+	if err != nil {
+		return err
+	}
+	a, err := manifest.NewApplier(e.c.RESTConfig())
+	if err != nil {
+		return err
+	}
+	if err := a.Delete(ctx, objs); err != nil {
+		return err
+	}
+	return e.waitNoPods(ctx, "kube-system", "k8s-app="+e.p.app)
+}
+
+// objects are the proxy's overlay, built.
+func (e *env) objects() ([]*unstructured.Unstructured, error) {
+	dir, err := os.MkdirTemp("", "switchyard-e2e-overlay-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	files, err := e.p.overlay(dir, e.o.Repo)
+	if err != nil {
+		return nil, err
+	}
+	return buildFiles(dir, files)
+}
+
+// buildFiles writes a kustomization's files into dir and builds it.
+func buildFiles(dir string, files map[string]string) ([]*unstructured.Unstructured, error) {
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			return nil, err
+		}
+	}
+	return manifest.Build(dir)
+}
+
+// waitNoPods waits until no pod matches the selector.
+func (e *env) waitNoPods(ctx context.Context, namespace, selector string) error {
+	var left int
+	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		pods, err := e.cs.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: selector})
+		if err != nil {
+			return false, err
+		}
+		left = len(pods.Items)
+		return left == 0, nil
+	})
+	if err != nil {
+		return fmt.Errorf("%d pods %s still there: %w", left, selector, err)
 	}
 	return nil
 }
@@ -87,9 +133,9 @@ func (e *env) agentsReady(ctx context.Context) error {
 		if !ready[n.Name] {
 			return fmt.Errorf("no Ready %s pod on %s (%d pods)", e.p.app, n.Name, len(pods.Items))
 		}
-		code, err := e.httpStatus(ctx, from{"node", n.Name}, "http://127.0.0.1:10256/healthz")
+		code, err := e.httpStatus(ctx, from{"node", n.Name}, e.p.healthz)
 		if err != nil || code != 200 {
-			return fmt.Errorf("node %s: /healthz answered %d (%v)", n.Name, code, err)
+			return fmt.Errorf("node %s: %s answered %d (%v)", n.Name, e.p.healthz, code, err)
 		}
 	}
 	return nil

@@ -14,11 +14,20 @@ type proxy struct {
 	name       string // the Options.Proxy value
 	app        string // the DaemonSet's k8s-app label and name
 	privileged bool   // kube-proxy's DaemonSet is; Switchyard's must not be
-	ebpf       bool
+	// healthz is the URL, on the node, that answers 200 once this proxy has
+	// programmed the node: Switchyard's own status address, which kube-proxy does
+	// not share (both answer on 10256, whichever holds it).
+	healthz string
+	ebpf    bool
 	// overlay is the kustomization an operator of this cluster writes over the
 	// base, relative to the overlay's directory dir, and its other files.
 	overlay func(dir, repo string) (map[string]string, error)
 }
+
+const (
+	switchyardStatus = "http://127.0.0.1:10266/healthz"
+	kubeProxyHealthz = "http://127.0.0.1:10256/healthz"
+)
 
 // Proxies lists what Options.Proxy takes.
 func Proxies() []string {
@@ -30,10 +39,10 @@ func Proxies() []string {
 }
 
 var proxies = []proxy{
-	{name: "ebpf", app: "switchyard", ebpf: true, overlay: switchyardOverlay("ebpf")},
-	{name: "iptables", app: "switchyard", overlay: switchyardOverlay("iptables")},
-	{name: "kube-proxy-nftables", app: "kube-proxy", privileged: true, overlay: kubeProxyOverlay("nftables")},
-	{name: "kube-proxy-iptables", app: "kube-proxy", privileged: true, overlay: kubeProxyOverlay("iptables")},
+	{name: "ebpf", app: "switchyard", healthz: switchyardStatus, ebpf: true, overlay: switchyardOverlay("ebpf")},
+	{name: "iptables", app: "switchyard", healthz: switchyardStatus, overlay: switchyardOverlay("iptables")},
+	{name: "kube-proxy-nftables", app: "kube-proxy", healthz: kubeProxyHealthz, privileged: true, overlay: kubeProxyOverlay("nftables")},
+	{name: "kube-proxy-iptables", app: "kube-proxy", healthz: kubeProxyHealthz, privileged: true, overlay: kubeProxyOverlay("iptables")},
 }
 
 func proxyNamed(name string) (proxy, error) {

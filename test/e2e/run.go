@@ -20,6 +20,9 @@ type Options struct {
 	Images []string
 	// Probe is a static build of test/cmd/probe, run inside pods, nodes and clients.
 	Probe string
+	// Loadgen is a static build of test/cmd/loadgen, run the same way (Handover's
+	// load).
+	Loadgen string
 	// Short runs one check of each kind, for make test.
 	Short bool
 	// Logf gets progress lines; Report gets each check's result as it ends.
@@ -58,7 +61,7 @@ func Run(ctx context.Context, o Options) (results []Result, err error) {
 		return nil, e.withLogs(ctx, fmt.Errorf("installing %s: %w", o.Proxy, err))
 	}
 	o.Logf("%s: DaemonSet pods Ready and /healthz 200 on every node %s after applying it", p.app, time.Since(start).Round(time.Millisecond))
-	if err := e.deploy(ctx); err != nil {
+	if err := e.deploy(ctx, e.checkWorkloads()); err != nil {
 		return nil, e.withLogs(ctx, fmt.Errorf("deploying the workloads: %w", err))
 	}
 	for _, ch := range e.checks() {

@@ -107,47 +107,61 @@ func clientIPAffinity(s *corev1.Service) {
 	s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
 }
 
+// workloads are what a run deploys in its namespace: Deployments, Services, and
+// the LoadBalancer IP the test writes into each LoadBalancer Service's status.
+type workloads struct {
+	deps  []*appsv1.Deployment
+	svcs  []*corev1.Service
+	lbIPs map[string]string
+}
+
+// checkWorkloads are what the checks use.
+func (e *env) checkWorkloads() workloads {
+	nodes, ext := e.c.Nodes(), e.c.ExternalClients()
+	return workloads{
+		deps: []*appsv1.Deployment{
+			deployment("echo", 2, ""),
+			deployment("solo", 1, nodes[0].Name),
+			deployment("client", 1, nodes[len(nodes)-1].Name),
+			deployment("zero", 0, ""),
+		},
+		svcs: []*corev1.Service{
+			service("echo", "echo"),
+			service("echo-np", "echo", nodePort),
+			service("echo-lb", "echo", loadBalancer(ext[0].IP+"/32")),
+			service("solo-local", "solo", loadBalancer(), local),
+			service("echo-affinity", "echo", clientIPAffinity),
+			service("zero", "zero"),
+		},
+		lbIPs: map[string]string{"echo-lb": lbIP, "solo-local": localLBIP},
+	}
+}
+
 // deploy creates the namespace, the Deployments and Services, writes the
 // LoadBalancer status and waits until every Deployment is available.
-func (e *env) deploy(ctx context.Context) error {
+func (e *env) deploy(ctx context.Context, w workloads) error {
 	if _, err := e.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		return err
 	}
 	if err := e.c.WaitServiceAccount(ctx, ns); err != nil {
 		return err
 	}
-	nodes := e.c.Nodes()
-	ext := e.c.ExternalClients()
-	deps := []*appsv1.Deployment{
-		deployment("echo", 2, ""),
-		deployment("solo", 1, nodes[0].Name),
-		deployment("client", 1, nodes[len(nodes)-1].Name),
-		deployment("zero", 0, ""),
-	}
-	for _, d := range deps {
+	for _, d := range w.deps {
 		if _, err := e.cs.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
 			return err
 		}
 	}
-	svcs := []*corev1.Service{
-		service("echo", "echo"),
-		service("echo-np", "echo", nodePort),
-		service("echo-lb", "echo", loadBalancer(ext[0].IP+"/32")),
-		service("solo-local", "solo", loadBalancer(), local),
-		service("echo-affinity", "echo", clientIPAffinity),
-		service("zero", "zero"),
-	}
-	for _, s := range svcs {
+	for _, s := range w.svcs {
 		if _, err := e.cs.CoreV1().Services(ns).Create(ctx, s, metav1.CreateOptions{}); err != nil {
 			return err
 		}
 	}
-	for name, ip := range map[string]string{"echo-lb": lbIP, "solo-local": localLBIP} {
+	for name, ip := range w.lbIPs {
 		if err := e.setLoadBalancerIP(ctx, name, ip); err != nil {
 			return err
 		}
 	}
-	for _, d := range deps {
+	for _, d := range w.deps {
 		if err := e.waitDeployment(ctx, d.Name); err != nil {
 			return err
 		}

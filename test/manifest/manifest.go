@@ -7,7 +7,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
@@ -74,15 +76,43 @@ func (a *Applier) Apply(ctx context.Context, objs []*unstructured.Unstructured, 
 	return errors.Join(errs...)
 }
 
-func (a *Applier) apply(ctx context.Context, o *unstructured.Unstructured, dryRun bool) error {
+// Delete deletes the objects in reverse order, as kubectl delete -k does, leaving
+// Namespaces alone (kube-system is in every manifest and never ours to remove); an
+// object already gone is no error. Dependents (a DaemonSet's pods) go in the
+// background: the caller waits for what it needs gone.
+func (a *Applier) Delete(ctx context.Context, objs []*unstructured.Unstructured) error {
+	var errs []error
+	for _, o := range slices.Backward(objs) {
+		if o.GetKind() == "Namespace" {
+			continue
+		}
+		ri, err := a.resource(o)
+		if err == nil {
+			err = ri.Delete(ctx, o.GetName(), metav1.DeleteOptions{})
+		}
+		if err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("%s %s/%s: %w", o.GetKind(), o.GetNamespace(), o.GetName(), err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (a *Applier) resource(o *unstructured.Unstructured) (dynamic.ResourceInterface, error) {
 	gvk := o.GroupVersionKind()
 	m, err := a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var ri dynamic.ResourceInterface = a.dyn.Resource(m.Resource)
 	if m.Scope.Name() == "namespace" {
-		ri = a.dyn.Resource(m.Resource).Namespace(o.GetNamespace())
+		return a.dyn.Resource(m.Resource).Namespace(o.GetNamespace()), nil
+	}
+	return a.dyn.Resource(m.Resource), nil
+}
+
+func (a *Applier) apply(ctx context.Context, o *unstructured.Unstructured, dryRun bool) error {
+	ri, err := a.resource(o)
+	if err != nil {
+		return err
 	}
 	data, err := yaml.Marshal(o.Object)
 	if err != nil {
