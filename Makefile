@@ -4,7 +4,7 @@ BIN     := bin/switchyard
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test unit lint generate demo bench bench-ebpf bench-nodeport bench-iptables soak clean prereqs controlplane flows vmrun vm-kernels vm-test vm-flows vm-flows-ipvs vm-flows-all image images e2e e2e-short
+.PHONY: all build test unit lint generate demo bench bench-ebpf bench-nodeport bench-iptables soak clean prereqs controlplane flows vmrun vm-kernels vm-test vm-flows vm-flows-ipvs vm-flows-all image images e2e e2e-short e2e-handover e2e-handover-short
 
 all: build
 
@@ -14,7 +14,7 @@ build:
 # Every test: no committed binaries, formatting and vet, the unit and integration tests (with the race
 # detector), the short end-to-end run on real kubelet nodes, then the flow files against upstream
 # kube-proxy in both modes.
-test: prereqs controlplane vm-kernels lint unit e2e-short flows vm-test vm-flows
+test: prereqs controlplane vm-kernels lint unit e2e-short e2e-handover-short flows vm-test vm-flows
 
 # Debian packages the tests use (installed when missing).
 prereqs:
@@ -82,6 +82,19 @@ e2e: prereqs controlplane
 e2e-short: prereqs controlplane
 	$(GO) run ./test/cmd/image -q -o bin -version $(VERSION) $(E2E_IMAGES)
 	$(GO) run ./test/cmd/e2e -proxies ebpf,iptables -short
+
+# The handover from kube-proxy under load (test/e2e.Handover, docs/migrate.md): kube-proxy in
+# nftables then iptables mode, taken over by Switchyard (eBPF, iptables), upgraded, rolled back; a
+# table per step with each traffic path's requests tried, failed, long-lived connections broken and
+# the worst answer, 30 s of load after each step (~4 min per pair). e2e-handover-short is make
+# test's form: from nftables to eBPF, 5 s after each step.
+e2e-handover: prereqs controlplane
+	$(GO) run ./test/cmd/image -q -o bin -version $(VERSION) $(E2E_IMAGES) kube-proxy
+	$(GO) run ./test/cmd/e2e -handover kube-proxy-nftables,kube-proxy-iptables -proxies ebpf,iptables -settle 30s
+
+e2e-handover-short: prereqs controlplane
+	$(GO) run ./test/cmd/image -q -o bin -version $(VERSION) $(E2E_IMAGES) kube-proxy
+	$(GO) run ./test/cmd/e2e -handover kube-proxy-nftables -proxies ebpf -settle 5s
 
 unit:
 	$(GO) test -race -count=1 ./...
