@@ -11,6 +11,7 @@ import (
 	"slices"
 
 	"github.com/cilium/ebpf"
+	"k8s.io/klog/v2"
 )
 
 // The generated sock_bpfel.go and sock_bpfel.o are committed, so building needs no clang.
@@ -43,10 +44,16 @@ const (
 	mapTCEvents       = "lb_events"
 	mapTCScratch      = "scratch"
 	mapFlowTmp        = "flow_tmp"
+	mapLBFlags        = "lb_flags"
+	mapNATTaken       = "nat_taken"
 )
 
 var mapNames = []string{mapServices, mapBackends, mapRevNAT, mapAffinity, mapCTAssured, mapCTLRU,
-	mapClientAffinity, mapSourceRanges, mapClusterCIDRs, mapSNATAddrs, mapSNATPorts, mapTCEvents}
+	mapClientAffinity, mapSourceRanges, mapClusterCIDRs, mapSNATAddrs, mapSNATPorts, mapTCEvents, mapLBFlags, mapNATTaken}
+
+// statelessMaps hold nothing a restart must keep: a pinned one this build cannot reuse (another
+// version's size) is replaced instead of failing the load.
+var statelessMaps = []string{mapTCEvents, mapLBFlags, mapNATTaken}
 
 // legacyPins are what earlier versions pinned and this one no longer uses: Unpin removes them.
 var legacyPins = []string{"ct"}
@@ -95,12 +102,14 @@ type tcOwn struct {
 	SNATAddrs      *ebpf.Map     `ebpf:"snat_addrs"`      // 0: IPv4, 1: IPv6 -> tcSnatAddr
 	SNATPorts      *ebpf.Map     `ebpf:"snat_ports"`      // 0 -> tcSnatPorts
 	Events         *ebpf.Map     `ebpf:"lb_events"`       // per-CPU counters, see TCEvents
+	Flags          *ebpf.Map     `ebpf:"lb_flags"`        // 0 -> LB_DRAINING or 0, see Drain
+	NATTaken       *ebpf.Map     `ebpf:"nat_taken"`       // tcCtKey -> 1: conntrack's NAT holds the port (natTaken)
 }
 
 func (t *tcOwn) close() error {
 	var errs []error
 	for _, c := range []interface{ Close() error }{t.ExtIngress, t.ExtEgress, t.PodIngress, t.PodEgress,
-		t.CTAssured, t.CTLRU, t.ClientAffinity, t.SourceRanges, t.ClusterCIDRs, t.SNATAddrs, t.SNATPorts, t.Events} {
+		t.CTAssured, t.CTLRU, t.ClientAffinity, t.SourceRanges, t.ClusterCIDRs, t.SNATAddrs, t.SNATPorts, t.Events, t.Flags, t.NATTaken} {
 		errs = append(errs, c.Close()) // nil-safe: Load may have failed half-way
 	}
 	return errors.Join(errs...)
@@ -143,6 +152,9 @@ func Load(opts LoadOptions) (*Objects, error) {
 			}
 		}
 		co.Maps.PinPath = opts.PinDir
+		if err := replaceStale(tcSpec, opts.PinDir); err != nil {
+			return nil, err
+		}
 	}
 	o := &Objects{pinDir: opts.PinDir}
 	if err := spec.LoadAndAssign(&o.objs, &co); err != nil {
@@ -155,7 +167,34 @@ func Load(opts LoadOptions) (*Objects, error) {
 	if err := tcSpec.LoadAndAssign(&o.TC, &co); err != nil {
 		return nil, errors.Join(loadError(err, opts.PinDir), o.objs.Close())
 	}
+	// Programs an agent loads serve: a drain someone began (a rollback given up) ends.
+	if err := o.TC.Flags.Put(uint32(0), uint32(0)); err != nil {
+		return nil, errors.Join(fmt.Errorf("bpf: clearing lb_flags: %w", err), o.Close())
+	}
 	return o, nil
+}
+
+// replaceStale removes the pins of stateless maps that this build's spec cannot reuse.
+func replaceStale(spec *ebpf.CollectionSpec, pinDir string) error {
+	for _, name := range statelessMaps {
+		path := filepath.Join(pinDir, name)
+		m, err := ebpf.LoadPinnedMap(path, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("bpf: pinned %s: %w", name, err)
+		}
+		cerr := spec.Maps[name].Compatible(m)
+		m.Close()
+		if cerr != nil {
+			klog.InfoS("Replacing a pinned map of another version", "map", name, "reason", cerr)
+			if err := os.Remove(path); err != nil {
+				return fmt.Errorf("bpf: replacing pinned %s: %w", name, err)
+			}
+		}
+	}
+	return nil
 }
 
 func loadError(err error, pinDir string) error {

@@ -252,15 +252,51 @@ enum {
 	EV_CT_FULL,
 	EV_HOST_PORT,
 	EV_UNTRACKED,
+	EV_DRAINED,
 	EV_MAX,
 };
 
+/* Room for events to come: the map is pinned, and a new size would keep an upgrade from reusing
+ * it (the loader replaces an incompatible one, losing the counts). */
+#define EV_SLOTS 32
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, EV_MAX);
+	__uint(max_entries, EV_SLOTS);
 	__type(key, __u32);
 	__type(value, __u64);
 } lb_events SEC(".maps");
+
+/* Reply tuples (backend -> node address:port) that the kernel's conntrack NAT holds: connections
+ * kube-proxy masqueraded, before or beside these programs. The agent copies them from conntrack.
+ * A flow must not take such a port: the backend's replies to that connection would come here. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ct_key);
+	__type(value, __u8);
+} nat_taken SEC(".maps");
+
+/* lb_flags[0] holds LB_DRAINING once `switchyard cleanup --drain-timeout` asked the programs to
+ * start no new flow: a rollback to kube-proxy, which takes the new connections while the flows
+ * under way here finish. An agent that loads the programs clears it. */
+#define LB_DRAINING 1
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} lb_flags SEC(".maps");
+
+static __always_inline int draining(void)
+{
+	__u32 k = 0;
+	__u32 *f = bpf_map_lookup_elem(&lb_flags, &k);
+
+	return f && (*f & LB_DRAINING);
+}
 
 /* The refusals' new headers, with their quote (room for a TCP header). */
 struct reject4_buf {
@@ -1196,7 +1232,7 @@ static long snat_try(__u32 i, void *data)
 			return 1;
 	}
 	t->rk.dport = bpf_htons(port);
-	if (local_socket(s->skb, t, s->v6))
+	if (local_socket(s->skb, t, s->v6) || bpf_map_lookup_elem(&nat_taken, &t->rk))
 		return 0;
 	old = ct_get(&t->rk, &assured);
 	if (!old) {
@@ -1582,6 +1618,10 @@ static __always_inline int handle(struct __sk_buff *skb, int external, int redir
 	 * the stack's conntrack entry still carries it, where a backend picked afresh would reset it. */
 	if (p.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN) {
 		count(EV_UNTRACKED);
+		return TC_ACT_OK;
+	}
+	if (draining()) {
+		count(EV_DRAINED);
 		return TC_ACT_OK;
 	}
 	return new_flow(skb, &p, assured);

@@ -176,6 +176,8 @@ const (
 	tcMapCtLru          = "ct_lru"
 	tcMapFlowTmp        = "flow_tmp"
 	tcMapLbEvents       = "lb_events"
+	tcMapLbFlags        = "lb_flags"
+	tcMapNatTaken       = "nat_taken"
 	tcMapScratch        = "scratch"
 	tcMapServices       = "services"
 	tcMapSnatAddrs      = "snat_addrs"
@@ -246,6 +248,8 @@ type tcMapSpecs struct {
 	CtLru          *ebpf.MapSpec `ebpf:"ct_lru"`
 	FlowTmp        *ebpf.MapSpec `ebpf:"flow_tmp"`
 	LbEvents       *ebpf.MapSpec `ebpf:"lb_events"`
+	LbFlags        *ebpf.MapSpec `ebpf:"lb_flags"`
+	NatTaken       *ebpf.MapSpec `ebpf:"nat_taken"`
 	Scratch        *ebpf.MapSpec `ebpf:"scratch"`
 	Services       *ebpf.MapSpec `ebpf:"services"`
 	SnatAddrs      *ebpf.MapSpec `ebpf:"snat_addrs"`
@@ -286,6 +290,8 @@ type tcMaps struct {
 	CtLru          *ebpf.Map `ebpf:"ct_lru"`
 	FlowTmp        *ebpf.Map `ebpf:"flow_tmp"`
 	LbEvents       *ebpf.Map `ebpf:"lb_events"`
+	LbFlags        *ebpf.Map `ebpf:"lb_flags"`
+	NatTaken       *ebpf.Map `ebpf:"nat_taken"`
 	Scratch        *ebpf.Map `ebpf:"scratch"`
 	Services       *ebpf.Map `ebpf:"services"`
 	SnatAddrs      *ebpf.Map `ebpf:"snat_addrs"`
@@ -302,6 +308,8 @@ func (m *tcMaps) Close() error {
 		m.CtLru,
 		m.FlowTmp,
 		m.LbEvents,
+		m.LbFlags,
+		m.NatTaken,
 		m.Scratch,
 		m.Services,
 		m.SnatAddrs,

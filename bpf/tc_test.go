@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -424,5 +426,117 @@ func TestTCUDP(t *testing.T) {
 		reply := pkt{src: ap(c.backend), dst: netip.AddrPortFrom(netip.MustParseAddr(nodeIP4), port), proto: protoUDP, payload: []byte("reply")}
 		ret, back := e.run(t, p.PodIngress, reply)
 		want(t, "UDP reverse NAT", back, ret, tcRedirect, fmt.Sprintf("17 %s -> %s", npUDP, c.in.src))
+	}
+}
+
+// Drained (a rollback to kube-proxy under way), the programs leave a new connection from outside
+// to the stack untouched, and go on translating the flows they carry, which LiveFlows counts until
+// they close; loading the programs again ends the drain.
+func TestTCDrainLeavesNewFlowsToTheStack(t *testing.T) {
+	pinDir := filepath.Join(bpffs, fmt.Sprintf("sy-drain-%d", os.Getpid()))
+	t.Cleanup(func() {
+		if err := Unpin(pinDir); err != nil {
+			t.Error(err)
+		}
+	})
+	e := newNATEnvWith(t, LoadOptions{PinDir: pinDir, MaxServices: 1024, MaxBackends: 1024})
+	p := e.objs.TC
+	syn := tcp(client4, npTCP)
+	if ret, _ := e.run(t, p.ExtIngress, syn); ret != tcRedirect {
+		t.Fatalf("a SYN before the drain: %d, want a new flow", ret)
+	}
+	if ok, err := Drain(pinDir); !ok || err != nil {
+		t.Fatalf("Drain: %v, %v", ok, err)
+	}
+	other := syn
+	other.src = netip.AddrPortFrom(syn.src.Addr(), syn.src.Port()+1)
+	ret, got := e.run(t, p.ExtIngress, other)
+	want(t, "a new connection while draining", got, ret, tcOK, other.describe())
+	ack := syn
+	ack.tcpFlags = tcpACK
+	if ret, got := e.run(t, p.ExtIngress, ack); ret != tcRedirect || got.dst != ap(pod1TCP) {
+		t.Errorf("the flow under way while draining: %d %s, want it translated to %s", ret, got, pod1TCP)
+	}
+	if n, err := LiveFlows(pinDir); n != 1 || err != nil {
+		t.Errorf("LiveFlows = %d, %v; want the one flow", n, err)
+	}
+	rst := syn
+	rst.tcpFlags = 0x04
+	e.run(t, p.ExtIngress, rst)
+	if n, err := LiveFlows(pinDir); n != 0 || err != nil {
+		t.Errorf("LiveFlows after a reset = %d, %v; want 0", n, err)
+	}
+	evs, err := TCEvents(p.Events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if evs["drained"] != 1 || evs["new_flow"] != 1 {
+		t.Errorf("events %v, want 1 drained and 1 new flow", evs)
+	}
+	again, err := Load(LoadOptions{PinDir: pinDir, MaxServices: 1024, MaxBackends: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	var flags uint32
+	if err := again.TC.Flags.Lookup(uint32(0), &flags); err != nil || flags != 0 {
+		t.Errorf("lb_flags after a new load = %d, %v; want 0 (serving)", flags, err)
+	}
+	if ok, err := Drain(filepath.Join(pinDir, "nothing")); ok || err != nil {
+		t.Errorf("Drain with nothing pinned: %v, %v; want false, nil", ok, err)
+	}
+}
+
+// A pinned counters map of another version's size (one event fewer) does not stop an upgrade:
+// Load replaces it, where a map with state would be refused.
+func TestLoadReplacesStaleCounters(t *testing.T) {
+	pinDir := filepath.Join(bpffs, fmt.Sprintf("sy-stale-%d", os.Getpid()))
+	if err := os.MkdirAll(pinDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := Unpin(pinDir); err != nil {
+			t.Error(err)
+		}
+	})
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: 11})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := old.Pin(filepath.Join(pinDir, mapTCEvents)); err != nil {
+		t.Fatal(err)
+	}
+	o, err := Load(LoadOptions{PinDir: pinDir, MaxServices: 64, MaxBackends: 64})
+	if err != nil {
+		t.Fatalf("load over an old counters map: %v", err)
+	}
+	defer o.Close()
+	if n := o.TC.Events.MaxEntries(); n != 32 {
+		t.Errorf("lb_events has %d entries, want this build's 32", n)
+	}
+}
+
+// A port conntrack's NAT holds towards the backend (a connection kube-proxy masqueraded, which
+// nat_taken lists) is not given to a flow, even when it is the client's own port.
+func TestTCSNATAvoidsConntrackNATPorts(t *testing.T) {
+	e := newNATEnv(t)
+	p := e.objs.TC
+	c := ap(client4)
+	taken := tcCtKey{Saddr: addr16(ap(pod1TCP).Addr()), Daddr: addr16(netip.MustParseAddr(nodeIP4)),
+		Sport: htons(ap(pod1TCP).Port()), Dport: htons(c.Port()), Proto: protoTCP}
+	if err := p.NATTaken.Put(taken, uint8(1)); err != nil {
+		t.Fatal(err)
+	}
+	ret, fwd := e.run(t, p.ExtIngress, tcp(client4, npTCP))
+	if ret != tcRedirect || fwd.dst != ap(pod1TCP) || snatPort(t, fwd) == c.Port() {
+		t.Errorf("a SYN from %s: %d %s, want it sent to %s from any port but %d", client4, ret, fwd, pod1TCP, c.Port())
+	}
+	if err := p.NATTaken.Delete(taken); err != nil {
+		t.Fatal(err)
+	}
+	other := tcp("203.0.113.11:40000", npTCP)
+	if _, fwd := e.run(t, p.ExtIngress, other); snatPort(t, fwd) != c.Port() {
+		t.Errorf("with the port free again, another client from port %d got SNAT port %d, want its own", c.Port(), fwd.src.Port())
 	}
 }

@@ -23,6 +23,7 @@ var tcEvents = [...]string{
 	"ct_full",           // an established connection left evictable: ct_assured is full (--bpf-ct-max)
 	"host_port",         // a connection of the node's own moved off a port a masqueraded flow holds
 	"untracked",         // a TCP segment other than a SYN with no flow: left to the stack (a connection from before, e.g. kube-proxy's)
+	"drained",           // a new connection left to the stack: the programs are draining (a rollback to kube-proxy)
 }
 
 // TCEvents sums the per-CPU counters.

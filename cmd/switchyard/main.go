@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"runtime"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"k8s.io/klog/v2"
@@ -87,6 +88,7 @@ func newAgentCommand(stdout, stderr io.Writer) *cobra.Command {
 func newCleanupCommand() *cobra.Command {
 	portRange := "30000-32767"
 	bpfRoot, procfs := defaultBPFRoot, defaultProcfs
+	var drain time.Duration
 	cmd := &cobra.Command{
 		Use:   "cleanup",
 		Short: "Remove everything any Switchyard dataplane installed on this node",
@@ -96,12 +98,16 @@ func newCleanupCommand() *cobra.Command {
 			if err != nil {
 				return flagErr("node-port-range", "%v", err)
 			}
-			return cleanup(bpfRoot, procfs, r)
+			if drain < 0 {
+				return flagErr("drain-timeout", "must not be negative, got %s", drain)
+			}
+			return cleanup(bpfRoot, procfs, r, drain)
 		},
 	}
 	cmd.Flags().StringVar(&portRange, "node-port-range", portRange, "The NodePort range the agent reserved, to release it.")
 	cmd.Flags().StringVar(&bpfRoot, "bpf-root", bpfRoot, "Where the eBPF dataplane pinned its maps and links.")
 	cmd.Flags().StringVar(&procfs, "procfs", procfs, procfsHelp)
+	cmd.Flags().DurationVar(&drain, "drain-timeout", drain, "eBPF mode, in a rollback to kube-proxy once it has programmed the node: first let new connections from outside go to kube-proxy while the ones the tc programs carry finish, for up to this long (0: remove everything at once).")
 	return cmd
 }
 

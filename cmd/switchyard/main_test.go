@@ -45,6 +45,7 @@ func TestBadFlagsExit2NamingTheFlag(t *testing.T) {
 		{[]string{"agent", "--iptables-masquerade-bit=32"}, "--iptables-masquerade-bit"},
 		{[]string{"agent", "extra-arg"}, "unexpected arguments"},
 		{[]string{"cleanup", "--node-port-range=x"}, "--node-port-range"},
+		{[]string{"cleanup", "--drain-timeout=-1s"}, "--drain-timeout"},
 		{[]string{"agent", "--bpf-root=relative/pins"}, "--bpf-root"},
 		{[]string{"agent", "--cgroup-root=sub"}, "--cgroup-root"},
 		{[]string{"agent", "--procfs=host/proc"}, "--procfs"},

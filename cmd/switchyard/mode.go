@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
@@ -187,7 +188,12 @@ func newNetfilter(cfg *agentConfig) (*netfilterParts, error) {
 // programs; tc programs attached without links are removed from every device of
 // this network namespace), eBPF mode's NAT hold, the iptables rules of either
 // variant, and the reserved NodePort range.
-func cleanup(bpfRoot, procfs string, nodePorts dataplane.PortRange) error {
+func cleanup(bpfRoot, procfs string, nodePorts dataplane.PortRange, drain time.Duration) error {
+	if drain > 0 {
+		if err := drainFlows(bpfRoot, drain, time.Second); err != nil {
+			return err
+		}
+	}
 	// IPVS first: its rules jump to chains iptables' cleanup would otherwise refuse to delete.
 	var ipvsErr error
 	if ipvs.Supported() == nil {
@@ -195,4 +201,30 @@ func cleanup(bpfRoot, procfs string, nodePorts dataplane.PortRange) error {
 	}
 	return errors.Join(bpf.UnpinTC(bpfRoot), bpf.Unpin(bpfRoot), netfilter.ReleaseNAT(context.Background(), nil), ipvsErr, iptables.CleanupAll(),
 		updateReservedPorts(reservedPortsPath(procfs), nodePorts, false))
+}
+
+// drainFlows asks the pinned tc programs to start no new flow, then waits until the connections
+// from outside they carry are over or timeout has passed: the ones still open then are cut when
+// the programs go (kube-proxy's conntrack never saw them).
+func drainFlows(pinDir string, timeout, poll time.Duration) error {
+	ok, err := bpf.Drain(pinDir)
+	if err != nil || !ok {
+		return err
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		n, err := bpf.LiveFlows(pinDir)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			klog.InfoS("Drained: no connection from outside left on the tc programs")
+			return nil
+		}
+		if time.Now().After(deadline) {
+			klog.InfoS("Drain timed out: these connections from outside are cut with the tc programs", "flows", n, "timeout", timeout)
+			return nil
+		}
+		time.Sleep(poll)
+	}
 }
