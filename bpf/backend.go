@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
 	"github.com/switchyard/switchyard/dataplane"
@@ -52,8 +54,10 @@ type Backend struct {
 	nat       *natConfig
 	devices   *deviceSet
 	gc        *ctGC
-	stop      context.CancelFunc // ends the device watch, the collector and the drop log
-	bg        sync.WaitGroup     // the collector and the drop log, done before the maps close
+	ctHandle  *netlink.Handle // conntrack of the backend's network namespace, for taken
+	taken     *natTaken
+	stop      context.CancelFunc // ends the device watch, the collector, the drop log and taken
+	bg        sync.WaitGroup     // the collector, the drop log and taken, done before the maps close
 }
 
 // How often expired connections leave ct_assured, and how often dropped
@@ -61,6 +65,10 @@ type Backend struct {
 const (
 	ctGCInterval    = 30 * time.Second
 	dropLogInterval = 10 * time.Second
+	// How often conntrack's NAT ports are copied (natTaken): often while it holds
+	// some (a handover), rarely when it held none.
+	natTakenBusy = 2 * time.Second
+	natTakenIdle = 30 * time.Second
 )
 
 // NewBackend loads the programs, takes over the pinned maps an earlier agent left,
@@ -90,8 +98,14 @@ func NewBackend(cfg Config) (*Backend, error) {
 	if err != nil {
 		return nil, errors.Join(err, tc.Close(), objs.Close())
 	}
+	// Made here, so its socket is in the calling thread's network namespace.
+	ctHandle, err := netlink.NewHandle(unix.NETLINK_NETFILTER)
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("conntrack: %w", err), devices.close(), objs.Close())
+	}
 	b := &Backend{
 		cfg: cfg, objs: objs, destroyer: SocketDestroyer{Cgroup: cfg.CgroupPath}, nat: nat, devices: devices,
+		ctHandle: ctHandle, taken: &natTaken{ct: ctHandle, m: NewKernelMap[tcCtKey, uint8](objs.TC.NATTaken)},
 		gc: newCTGC(kernelMap[tcCtKey, tcCtVal]{objs.TC.CTAssured}),
 		writer: NewWriter(NewKernelMap[sockSvcKey, sockSvcVal](objs.Services), NewKernelMap[uint32, sockBackend](objs.Backends),
 			NewKernelMap[tcRangeKey, uint8](objs.TC.SourceRanges)),
@@ -116,6 +130,7 @@ func (b *Backend) watchDevices() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	b.bg.Go(func() { b.gc.run(ctx, ctGCInterval) })
 	b.bg.Go(func() { logDrops(ctx, b.objs.TC.Events, dropLogInterval) })
+	b.bg.Go(func() { b.taken.run(ctx, natTakenBusy, natTakenIdle) })
 	notify := func() {
 		if err := b.devices.sync(false); err != nil {
 			klog.ErrorS(err, "Attaching the tc programs to the node's devices")
@@ -196,6 +211,7 @@ func (b *Backend) Close() error {
 		b.stop()
 	}
 	b.bg.Wait()
+	b.ctHandle.Close()
 	return errors.Join(b.devices.close(), b.objs.Close())
 }
 
