@@ -186,10 +186,38 @@ func (a *agent) startServers(ctx context.Context, g *errgroup.Group) {
 		mux.Handle("/livez", a.health.Handler())
 		serve(ctx, g, "metrics", a.cfg.metricsAddr, mux)
 	}
+	if a.services != nil {
+		g.Go(func() error { a.retryHealthChecks(ctx, bindRetry); return nil })
+	}
 	if a.cfg.statusAddr != "" {
 		// The same answers as healthz on an address kube-proxy does not hold, so the
 		// pod's probes ask this agent even while kube-proxy answers on 10256.
 		serve(ctx, g, "status", a.cfg.statusAddr, a.health.Handler())
+	}
+}
+
+// retryHealthChecks opens, every interval, the health-check node ports the last
+// sync could not (kube-proxy's until it leaves): a load balancer must not see this
+// node fail its checks until the next sync.
+func (a *agent) retryHealthChecks(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !a.services.Pending() {
+			continue
+		}
+		opened, err := a.services.Retry()
+		for _, n := range opened {
+			klog.InfoS("Serving a health check node port now that it is free", "service", n)
+		}
+		if err != nil {
+			klog.V(4).InfoS("Health check node ports still taken", "err", err) // logged by the sync that failed
+		}
 	}
 }
 

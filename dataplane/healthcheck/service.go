@@ -54,6 +54,9 @@ type ServiceHealth struct {
 	closed   bool
 	addrs    []netip.Addr // sorted and deduplicated, as last listened on
 	services map[dataplane.ServiceName]*instance
+	// pending failed to open at the last Sync (another process holds the port:
+	// kube-proxy, during a handover); Retry tries them again.
+	pending map[dataplane.ServiceName]Info
 }
 
 // NewServiceHealth returns a ServiceHealth that opens listeners with listen
@@ -66,12 +69,14 @@ func NewServiceHealth(listen func(network, address string) (net.Listener, error)
 	if proxyHealthy == nil {
 		proxyHealthy = func() bool { return true }
 	}
-	return &ServiceHealth{listen: listen, healthy: proxyHealthy, services: map[dataplane.ServiceName]*instance{}}
+	return &ServiceHealth{listen: listen, healthy: proxyHealthy, services: map[dataplane.ServiceName]*instance{},
+		pending: map[dataplane.ServiceName]Info{}}
 }
 
 // Sync makes the servers match services, listening on each of addrs (all
 // addresses when addrs is empty). Failures are returned joined; a service that
-// failed to open is retried on the next Sync, and does not affect the others.
+// failed to open is retried by Retry and on the next Sync, and does not affect
+// the others.
 func (s *ServiceHealth) Sync(addrs []netip.Addr, services map[dataplane.ServiceName]Info) error {
 	addrs = normalize(addrs)
 	s.mu.Lock()
@@ -100,6 +105,7 @@ func (s *ServiceHealth) Sync(addrs []netip.Addr, services map[dataplane.ServiceN
 	slices.SortFunc(names, func(a, b dataplane.ServiceName) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
+	clear(s.pending)
 	for _, name := range names {
 		info := services[name]
 		if inst := s.services[name]; inst != nil {
@@ -109,11 +115,44 @@ func (s *ServiceHealth) Sync(addrs []netip.Addr, services map[dataplane.ServiceN
 		inst, err := s.open(name, info)
 		if err != nil {
 			errs = append(errs, err)
+			s.pending[name] = info
 			continue
 		}
 		s.services[name] = inst
 	}
 	return errors.Join(errs...)
+}
+
+// Retry opens again the health checks the last Sync could not open, without
+// waiting for the next sync: when kube-proxy leaves during a handover its ports
+// are free at once, and a load balancer probing one meanwhile would take this node
+// out. It returns the services it opened, and the failures of the others.
+func (s *ServiceHealth) Retry() ([]dataplane.ServiceName, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	var opened []dataplane.ServiceName
+	var errs []error
+	for name, info := range s.pending {
+		inst, err := s.open(name, info)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		s.services[name] = inst
+		delete(s.pending, name)
+		opened = append(opened, name)
+	}
+	return opened, errors.Join(errs...)
+}
+
+// Pending says whether a health check waits for its port (Retry has work).
+func (s *ServiceHealth) Pending() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.pending) > 0
 }
 
 // Close stops every server. Sync fails afterwards.

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"github.com/switchyard/switchyard/dataplane"
@@ -320,5 +321,37 @@ func TestFromState(t *testing.T) {
 	}
 	if got := FromState(nil); len(got) != 0 {
 		t.Errorf("FromState(nil) = %v", got)
+	}
+}
+
+// A port another process holds (kube-proxy's, during a handover) is opened by Retry as soon as it
+// is free, without waiting for a sync; a later Sync without the service forgets it.
+func TestRetryOpensWhatSyncCouldNot(t *testing.T) {
+	s, f := newTestServiceHealth(t)
+	addrs := nodeAddrs[1:]
+	f.fail["10.0.0.1:30001"] = syscall.EADDRINUSE
+	svcs := map[dataplane.ServiceName]Info{svcA: {Port: 30001}, svcB: {Port: 30002}}
+	if err := s.Sync(addrs, svcs); err == nil {
+		t.Fatal("Sync with a's port taken: no error")
+	}
+	if !s.Pending() {
+		t.Fatal("nothing pending after a failed open")
+	}
+	if opened, err := s.Retry(); len(opened) != 0 || err == nil {
+		t.Errorf("Retry with the port still taken: opened %v, %v", opened, err)
+	}
+	delete(f.fail, "10.0.0.1:30001")
+	opened, err := s.Retry()
+	if err != nil || !slices.Equal(opened, []dataplane.ServiceName{svcA}) || s.Pending() {
+		t.Errorf("Retry once the port is free: opened %v, %v, pending %v", opened, err, s.Pending())
+	}
+	expect(t, "open", f.openAddrs(), "10.0.0.1:30001", "10.0.0.1:30002")
+
+	f.fail["10.0.0.1:30003"] = syscall.EADDRINUSE
+	if err := s.Sync(addrs, map[dataplane.ServiceName]Info{svcA: {Port: 30003}}); err == nil {
+		t.Fatal("Sync with the new port taken: no error")
+	}
+	if err := s.Sync(addrs, map[dataplane.ServiceName]Info{}); err != nil || s.Pending() {
+		t.Errorf("Sync without the service: %v, pending %v", err, s.Pending())
 	}
 }
