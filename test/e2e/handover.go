@@ -48,8 +48,8 @@ type Step struct {
 func (s Step) Failed() error {
 	errs := []error{s.Err}
 	for _, p := range s.Paths {
-		if n := p.failed(); n > 0 || p.Broken > 0 || p.Tried == 0 {
-			errs = append(errs, fmt.Errorf("%s: %d tried, %d failed %v, %d broken", p.Path, p.Tried, n, p.Failed, p.Broken))
+		if p.lost() {
+			errs = append(errs, fmt.Errorf("%s: %d tried, %d failed %v, %d broken", p.Path, p.Tried, p.failed(), p.Failed, p.Broken))
 		}
 	}
 	return errors.Join(errs...)
@@ -110,15 +110,22 @@ func (h *handover) run(ctx context.Context) ([]Step, error) {
 			return nil, fmt.Errorf("before the load, %s: %w", p.name, err)
 		}
 	}
-	load, err := e.startLoad(ctx, paths)
+	load, err := e.startLoad(ctx, paths, "")
 	if err != nil {
 		return nil, err
 	}
 	var steps []Step
 	var starts []time.Time
+	var names []string
 	for _, s := range h.steps() {
 		h.stepStart, h.events = time.Now(), nil
-		starts = append(starts, h.stepStart)
+		starts, names = append(starts, h.stepStart), append(names, s.name)
+		more, err := e.startLoad(ctx, paths, s.name)
+		load = append(load, more...)
+		if err != nil {
+			stopLoad(load)
+			return steps, err
+		}
 		h.o.Logf("step %s", s.name)
 		st := Step{Name: s.name}
 		if s.do != nil {
@@ -145,7 +152,7 @@ func (h *handover) run(ctx context.Context) ([]Step, error) {
 	if err != nil {
 		return steps, err
 	}
-	for i, counts := range cut(paths, results, starts) {
+	for i, counts := range cut(load, results, starts, names) {
 		steps[i].Paths = counts
 	}
 	return steps, nil
@@ -166,10 +173,12 @@ func (h *handover) steps() []handoverStep {
 	return []handoverStep{
 		{"kube-proxy", nil},
 		{"switchyard-added", h.marked("switchyard Ready", s.install)},
-		{"kube-proxy-removed", h.marked("kube-proxy's pods gone", k.uninstall, "its rules cleaned up", k.cleanup)},
+		{"kube-proxy-removed", h.marked("kube-proxy's pods gone", k.uninstall,
+			"Switchyard answers on 10256 and the health check node port", h.healthTakenOver,
+			"its rules cleaned up", k.cleanup(0))},
 		{"switchyard-upgraded", h.marked("every pod replaced and Ready", s.upgrade)},
 		{"kube-proxy-back", h.marked("kube-proxy's pods Running", k.install, "its rules in place", k.waitKubeProxyRules)},
-		{"switchyard-removed", h.marked("switchyard's pods gone", s.uninstall, "its state cleaned up", s.cleanup)},
+		{"switchyard-removed", h.marked("switchyard's pods gone", s.uninstall, "drained and its state cleaned up", s.cleanup(h.o.Settle))},
 	}
 }
 
@@ -213,14 +222,17 @@ func (e *env) handoverPaths() []path {
 	pod, node1, ext0, ext1 := from{"pod", "client"}, from{"node", n1}, from{"external", ext[0].IP}, from{"external", ext[1].IP}
 	cip, np := target{"steady", "tcp", "cluster"}, target{"steady-np", "tcp", "node:" + n1}
 	return []path{
-		{"pod->clusterip", pod, cip, "conn"},
-		{"node->clusterip", node1, cip, "conn"},
-		{"external->nodeport", ext0, np, "conn"},
-		{"external->lb", ext0, target{"steady-lb", "tcp", "lb:" + lbIP}, "conn"},
-		{"external->local-lb", ext0, target{"steady-local", "tcp", "lb:" + localLBIP}, "conn"},
-		{"pod->clusterip-udp", pod, target{"steady", "udp", "cluster"}, "udp"},
-		{"pod->clusterip-long", pod, cip, "persistent"},
-		{"external->nodeport-long", ext1, np, "persistent"},
+		{"pod->clusterip", pod, cip, "conn", "", ""},
+		{"node->clusterip", node1, cip, "conn", "", ""},
+		{"external->nodeport", ext0, np, "conn", "", ""},
+		{"external->lb", ext0, target{"steady-lb", "tcp", "lb:" + lbIP}, "conn", "", ""},
+		{"external->local-lb", ext0, target{"steady-local", "tcp", "lb:" + localLBIP}, "conn", "", ""},
+		{"pod->clusterip-udp", pod, target{"steady", "udp", "cluster"}, "udp", "", ""},
+		{"pod->clusterip-long", pod, cip, "persistent", "", ""},
+		{"external->nodeport-long", ext1, np, "persistent", "", ""},
+		// Opened through Switchyard's tc path only, kept through its upgrade and
+		// the rollback.
+		{"external->nodeport-long-sy", ext1, np, "persistent", "switchyard-upgraded", "switchyard-removed"},
 	}
 }
 
@@ -228,7 +240,7 @@ func (e *env) handoverPaths() []path {
 // kind), long-lived connections broken and the slowest answer.
 func (s Step) Table() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-26s %7s %7s %7s %9s  %s\n", "path", "tried", "failed", "broken", "worst ms", "lost at (s)")
+	fmt.Fprintf(&b, "%-28s %7s %7s %7s %9s  %s\n", "path", "tried", "failed", "broken", "worst ms", "lost at (s)")
 	for _, p := range s.Paths {
 		failed := fmt.Sprint(p.failed())
 		if len(p.Failed) > 0 && p.failed() > 0 {
@@ -244,7 +256,10 @@ func (s Step) Table() string {
 		if p.failed()+p.Broken > 0 {
 			when = fmt.Sprintf("%.2f-%.2f", p.From, p.To+0.25)
 		}
-		fmt.Fprintf(&b, "%-26s %7d %7s %7d %9.1f  %s\n", p.Path, p.Tried, failed, p.Broken, p.MaxMs, when)
+		if p.Cut && p.Broken > 0 {
+			when += " (known: cut after the drain)"
+		}
+		fmt.Fprintf(&b, "%-28s %7d %7s %7d %9.1f  %s\n", p.Path, p.Tried, failed, p.Broken, p.MaxMs, when)
 	}
 	return b.String()
 }
@@ -258,4 +273,37 @@ func (h *handover) conntrackStats(ctx context.Context) string {
 		fmt.Fprintf(&b, "== %s conntrack -S (%v)\n%s", n.Name, err, out)
 	}
 	return b.String()
+}
+
+// healthTakenOver waits until, on every node, 10256 answers /healthz and the Local
+// Service's health check node port answers 200 (each node has a local endpoint):
+// with kube-proxy gone, Switchyard's. The time it takes is how long load
+// balancers saw the node fail its checks.
+func (h *handover) healthTakenOver(ctx context.Context) error {
+	e := h.sy
+	ext := from{"external", e.c.ExternalClients()[0].IP}
+	want := map[string]int{}
+	for _, n := range e.c.Nodes() {
+		want[n.Name] = 200
+	}
+	check := func(ctx context.Context) error {
+		for _, n := range e.c.Nodes() {
+			if code, err := e.httpStatus(ctx, from{"node", n.Name}, kubeProxyHealthz); err != nil || code != 200 {
+				return fmt.Errorf("node %s: %s answered %d (%v)", n.Name, kubeProxyHealthz, code, err)
+			}
+		}
+		return e.healthCheck(ext, "steady-local", want)(ctx)
+	}
+	var err error
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
+		if err = check(ctx); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("30 s after kube-proxy left: %w", err)
 }

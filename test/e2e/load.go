@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -21,6 +22,13 @@ type path struct {
 	from from
 	to   target
 	mode string // conn (a new TCP connection per request), udp, or persistent
+	// opens is the step at whose start the load begins ("": before the first):
+	// connections opened while only Switchyard serves the node.
+	opens string
+	// cut is the step in which losing this path's long-lived connections is the
+	// known limit docs/migrate.md explains, not a failure: connections only eBPF
+	// mode's tc programs carry, still open when a rollback's drain times out.
+	cut string
 }
 
 // loadArgs: new connections at a steady rate, or long-lived connections each
@@ -44,10 +52,14 @@ type running struct {
 	out bytes.Buffer
 }
 
-// startLoad starts a loadgen for every path; they run until stopLoad.
-func (e *env) startLoad(ctx context.Context, paths []path) ([]*running, error) {
+// startLoad starts a loadgen for every path that opens at step ("" before the
+// first); they run until stopLoad.
+func (e *env) startLoad(ctx context.Context, paths []path, step string) ([]*running, error) {
 	var rs []*running
 	for _, p := range paths {
+		if p.opens != step {
+			continue
+		}
 		dst, err := e.addr(ctx, p.to)
 		if err != nil {
 			stopLoad(rs)
@@ -93,7 +105,10 @@ func stopLoad(rs []*running) ([]loadgen.Result, error) {
 
 // PathCount is what one path saw during one step.
 type PathCount struct {
-	Path   string
+	Path string
+	// Cut: this step may cut the path's long-lived connections (path.cut); each
+	// one cut fails one request and counts as broken, and nothing else may fail.
+	Cut    bool
 	Tried  int64            // requests started (answered + failed)
 	Failed map[string]int64 // by kind: refused, timeout, error (a reset is an error)
 	Broken int64            // long-lived connections lost after they had answered
@@ -101,6 +116,15 @@ type PathCount struct {
 	// From and To bound the slices that lost something, in seconds from the step's
 	// start (each slice is 250 ms, by when its requests started).
 	From, To float64
+}
+
+// lost says whether the path lost what it may not: a request or a connection
+// (beyond a known cut), or it tried nothing.
+func (c PathCount) lost() bool {
+	if c.Cut {
+		return c.failed() != c.Broken || c.Broken > persistentConns || c.Tried == 0
+	}
+	return c.failed() > 0 || c.Broken > 0 || c.Tried == 0
 }
 
 func (c PathCount) failed() int64 {
@@ -111,23 +135,33 @@ func (c PathCount) failed() int64 {
 	return n
 }
 
-// cut splits each result's timeline at the steps' start times: a slice belongs to
-// the step it started in (slices before the first step, to the first).
-func cut(paths []path, results []loadgen.Result, starts []time.Time) [][]PathCount {
+// cut splits each run's timeline at the steps' start times: a slice belongs to the
+// step it started in (slices before the first step, to the first). A step lists
+// the paths whose load had begun by its start.
+func cut(runs []*running, results []loadgen.Result, starts []time.Time, names []string) [][]PathCount {
 	out := make([][]PathCount, len(starts))
+	idx := make([][]int, len(starts)) // idx[step][run]: the run's place in out[step], or -1
 	for s := range starts {
-		for _, p := range paths {
-			out[s] = append(out[s], PathCount{Path: p.name, Failed: map[string]int64{}})
+		for _, r := range runs {
+			i := -1
+			if opened(r.p, names[:s+1]) {
+				i = len(out[s])
+				out[s] = append(out[s], PathCount{Path: r.p.name, Failed: map[string]int64{}, Cut: r.p.cut == names[s]})
+			}
+			idx[s] = append(idx[s], i)
 		}
 	}
-	for i, r := range results {
+	for ri, r := range results {
 		for _, b := range r.Timeline {
 			at := time.Unix(0, int64((r.Start+b.At)*1e9))
 			s := 0
 			for s+1 < len(starts) && !at.Before(starts[s+1]) {
 				s++
 			}
-			c := &out[s][i]
+			if idx[s][ri] < 0 {
+				continue
+			}
+			c := &out[s][idx[s][ri]]
 			c.Tried += b.Requests
 			lostBefore := c.failed() + c.Broken
 			for k, n := range b.ErrorKinds {
@@ -174,4 +208,9 @@ func (e *env) warm(p path) func(context.Context) error {
 		}
 		return nil
 	}
+}
+
+// opened says whether p's load had begun by the last of the steps.
+func opened(p path, steps []string) bool {
+	return p.opens == "" || slices.Contains(steps, p.opens)
 }

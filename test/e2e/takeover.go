@@ -18,19 +18,14 @@ import (
 	"github.com/switchyard/switchyard/test/manifest"
 )
 
-// remove takes the proxy out as docs/migrate.md does: its objects deleted (kubectl
-// delete -k), then what it left on each node removed by deploy/cleanup/<app>, a
-// DaemonSet whose init container cleans its node.
-func (e *env) remove(ctx context.Context) error {
-	if err := e.uninstall(ctx); err != nil {
-		return err
-	}
-	return e.cleanup(ctx)
-}
-
 // cleanup applies deploy/cleanup/<app> with the images this cluster has, waits
 // until its pod runs on every node (its init container finished), and deletes it.
-func (e *env) cleanup(ctx context.Context) error {
+// Switchyard's drains for drain, instead of the manifest's two minutes.
+func (e *env) cleanup(drain time.Duration) func(context.Context) error {
+	return func(ctx context.Context) error { return e.cleanupNow(ctx, drain) }
+}
+
+func (e *env) cleanupNow(ctx context.Context, drain time.Duration) error {
 	dir, err := os.MkdirTemp("", "switchyard-e2e-cleanup-")
 	if err != nil {
 		return err
@@ -46,6 +41,15 @@ resources:
 - %s
 images:
 %s%s`, base, imageOverride("registry.k8s.io/pause", image.Ref("pause")), imageOverride("registry.k8s.io/kube-proxy", image.Ref("kube-proxy")))
+	if e.p.app == "switchyard" {
+		k += fmt.Sprintf(`patches:
+- target: {kind: DaemonSet, name: switchyard-cleanup}
+  patch: |-
+    - op: replace
+      path: /spec/template/spec/initContainers/0/command/3
+      value: --drain-timeout=%s
+`, drain)
+	}
 	objs, err := buildFiles(dir, map[string]string{"kustomization.yaml": k})
 	if err != nil {
 		return err
