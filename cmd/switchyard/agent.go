@@ -190,9 +190,14 @@ func (a *agent) startServers(ctx context.Context, g *errgroup.Group) {
 		g.Go(func() error { a.retryHealthChecks(ctx, bindRetry); return nil })
 	}
 	if a.cfg.statusAddr != "" {
-		// The same answers as healthz on an address kube-proxy does not hold, so the
-		// pod's probes ask this agent even while kube-proxy answers on 10256.
-		serve(ctx, g, "status", a.cfg.statusAddr, a.health.Handler())
+		// The same answers as healthz, and the metrics, on an address kube-proxy does
+		// not hold: the pod's probes ask this agent, and an operator can watch it,
+		// while kube-proxy still answers on 10256 and 10249.
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}))
+		mux.Handle("/healthz", a.health.Handler())
+		mux.Handle("/livez", a.health.Handler())
+		serve(ctx, g, "status", a.cfg.statusAddr, mux)
 	}
 }
 

@@ -107,7 +107,7 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.masqueradeAll, "masquerade-all", o.masqueradeAll, "SNAT all traffic sent to cluster IPs.")
 	fs.StringVar(&o.healthzBindAddress, "healthz-bind-address", o.healthzBindAddress, "ip:port for /healthz and /livez; empty disables.")
 	fs.StringVar(&o.metricsBindAddress, "metrics-bind-address", o.metricsBindAddress, "ip:port for /metrics; empty disables.")
-	fs.StringVar(&o.statusBindAddress, "status-bind-address", o.statusBindAddress, "ip:port for the agent's own /healthz and /livez, for its probes: while kube-proxy still runs, the healthz address answers for kube-proxy. Empty disables.")
+	fs.StringVar(&o.statusBindAddress, "status-bind-address", o.statusBindAddress, "ip:port for the agent's own /healthz, /livez and /metrics, for its probes and for a handover: while kube-proxy still runs, the healthz and metrics addresses answer for kube-proxy. Empty disables.")
 	fs.DurationVar(&o.syncPeriod, "sync-period", o.syncPeriod, "Period of full resyncs (> 0).")
 	fs.DurationVar(&o.minSyncPeriod, "min-sync-period", o.minSyncPeriod, "Minimum time between syncs (default 0 for ebpf and print, 1s for iptables and ipvs).")
 	fs.StringVar(&o.configFile, "config", o.configFile, "A KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1) file; flags given on the command line override it.")
