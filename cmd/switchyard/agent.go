@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -205,16 +206,9 @@ func (a *agent) startServers(ctx context.Context, g *errgroup.Group) {
 // sync could not (kube-proxy's until it leaves): a load balancer must not see this
 // node fail its checks until the next sync.
 func (a *agent) retryHealthChecks(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	wait.UntilWithContext(ctx, func(context.Context) {
 		if !a.services.Pending() {
-			continue
+			return
 		}
 		opened, err := a.services.Retry()
 		for _, n := range opened {
@@ -223,7 +217,7 @@ func (a *agent) retryHealthChecks(ctx context.Context, interval time.Duration) {
 		if err != nil {
 			klog.V(4).InfoS("Health check node ports still taken", "err", err) // logged by the sync that failed
 		}
-	}
+	}, interval)
 }
 
 func logProblems(n dataplane.ServiceName, ps []dataplane.Problem) {

@@ -60,7 +60,7 @@ func (s Step) Failed() error {
 // Switchyard, and rolls back to kube-proxy: the steps of docs/migrate.md. It
 // returns each step with what each path saw; the error is a failure before the
 // load started (the cluster, the installs, the workloads).
-func Handover(ctx context.Context, o HandoverOptions) (steps []Step, err error) {
+func Handover(ctx context.Context, o HandoverOptions) ([]Step, error) {
 	kp, err := proxyNamed(o.From)
 	if err != nil {
 		return nil, err
@@ -72,19 +72,12 @@ func Handover(ctx context.Context, o HandoverOptions) (steps []Step, err error) 
 	if kp.app != "kube-proxy" || sy.app != "switchyard" {
 		return nil, fmt.Errorf("a handover goes from kube-proxy (%s) to Switchyard (%s)", o.From, o.Proxy)
 	}
-	c, err := cluster.Start(ctx, cluster.Options{Nodes: 2, ExternalClients: 2, Images: o.Images, Logf: o.Logf})
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		if cerr := c.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("closing the cluster: %w", cerr)
-		}
-	}()
-	h := &handover{o: o,
-		kp: &env{c: c, o: o.Options, p: kp, cs: c.Client()},
-		sy: &env{c: c, o: o.Options, p: sy, cs: c.Client()}}
-	return h.run(ctx)
+	return withCluster(ctx, o.Options, func(c *cluster.Cluster) ([]Step, error) {
+		h := &handover{o: o,
+			kp: &env{c: c, o: o.Options, p: kp, cs: c.Client()},
+			sy: &env{c: c, o: o.Options, p: sy, cs: c.Client()}}
+		return h.run(ctx)
+	})
 }
 
 // handover is one run: the two proxies' installs on one cluster.

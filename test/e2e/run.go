@@ -41,21 +41,33 @@ type Result struct {
 // workloads and runs the checks. The returned error is a failure before any check
 // could run (the cluster, the install, the workloads); the cluster is gone when Run
 // returns.
-func Run(ctx context.Context, o Options) (results []Result, err error) {
+func Run(ctx context.Context, o Options) ([]Result, error) {
 	p, err := proxyNamed(o.Proxy)
 	if err != nil {
 		return nil, err
 	}
+	return withCluster(ctx, o, func(c *cluster.Cluster) ([]Result, error) {
+		return run(ctx, &env{c: c, o: o, p: p, cs: c.Client()})
+	})
+}
+
+// withCluster starts the two-node cluster every run uses, runs fn on it and closes
+// it; failing to close is the error when fn had none.
+func withCluster[T any](ctx context.Context, o Options, fn func(*cluster.Cluster) (T, error)) (out T, err error) {
 	c, err := cluster.Start(ctx, cluster.Options{Nodes: 2, ExternalClients: 2, Images: o.Images, Logf: o.Logf})
 	if err != nil {
-		return nil, err
+		return out, err
 	}
 	defer func() {
 		if cerr := c.Close(); cerr != nil && err == nil {
 			err = fmt.Errorf("closing the cluster: %w", cerr)
 		}
 	}()
-	e := &env{c: c, o: o, p: p, cs: c.Client()}
+	return fn(c)
+}
+
+func run(ctx context.Context, e *env) (results []Result, err error) {
+	o, p := e.o, e.p
 	start := time.Now()
 	if err := e.install(ctx); err != nil {
 		return nil, e.withLogs(ctx, fmt.Errorf("installing %s: %w", o.Proxy, err))
