@@ -1564,6 +1564,11 @@ static __noinline int known_flow(struct __sk_buff *skb, struct pkt *p, struct ct
 	}
 	if (!f || !alive(f, now) || (reply && !owns(f, &p->t)) || (external && !reply && stale(f)))
 		return NEW_FLOW;
+	/* Draining, kube-proxy takes the new connections, and its masquerade may pick the port a
+	 * flow that just closed here still holds towards the same backend: that connection's
+	 * replies are not this flow's late segments. */
+	if (reply && (f->closed || f->rst) && draining())
+		return NEW_FLOW;
 	track(skb, f, p, reply, now);
 	nv = *v;
 	settle(&fk, f, f_assured, reply);

@@ -442,7 +442,8 @@ func TestTCDrainLeavesNewFlowsToTheStack(t *testing.T) {
 	e := newNATEnvWith(t, LoadOptions{PinDir: pinDir, MaxServices: 1024, MaxBackends: 1024})
 	p := e.objs.TC
 	syn := tcp(client4, npTCP)
-	if ret, _ := e.run(t, p.ExtIngress, syn); ret != tcRedirect {
+	ret, fwd := e.run(t, p.ExtIngress, syn)
+	if ret != tcRedirect {
 		t.Fatalf("a SYN before the drain: %d, want a new flow", ret)
 	}
 	if ok, err := Drain(pinDir); !ok || err != nil {
@@ -466,6 +467,11 @@ func TestTCDrainLeavesNewFlowsToTheStack(t *testing.T) {
 	if n, err := LiveFlows(pinDir); n != 0 || err != nil {
 		t.Errorf("LiveFlows after a reset = %d, %v; want 0", n, err)
 	}
+	// kube-proxy's connection from the same port to the same pod: its replies are not the
+	// closed flow's.
+	synAck := pkt{src: ap(pod1TCP), dst: fwd.src, proto: protoTCP, tcpFlags: tcpSYN | tcpACK}
+	ret, got = e.run(t, p.PodIngress, synAck)
+	want(t, "a reply on a closed flow's port while draining", got, ret, tcOK, synAck.describe())
 	evs, err := TCEvents(p.Events)
 	if err != nil {
 		t.Fatal(err)
