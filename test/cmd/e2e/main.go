@@ -87,7 +87,7 @@ func run(ctx context.Context, proxies, from []string, settle time.Duration, shor
 		}
 		if len(from) > 0 {
 			for _, f := range from {
-				handover(ctx, e2e.HandoverOptions{Options: o, From: f, Settle: settle}, report, verbose)
+				handover(ctx, e2e.HandoverOptions{Options: o, From: f, Settle: settle}, report)
 			}
 			continue
 		}
@@ -102,7 +102,7 @@ func run(ctx context.Context, proxies, from []string, settle time.Duration, shor
 }
 
 // handover runs one handover and reports each step with its table.
-func handover(ctx context.Context, o e2e.HandoverOptions, report func(e2e.Result), verbose bool) {
+func handover(ctx context.Context, o e2e.HandoverOptions, report func(e2e.Result)) {
 	name := o.From + "->" + o.Proxy
 	t0 := time.Now()
 	steps, err := e2e.Handover(ctx, o)
@@ -113,8 +113,8 @@ func handover(ctx context.Context, o e2e.HandoverOptions, report func(e2e.Result
 		}
 		fmt.Print(s.Table())
 		r := e2e.Result{Name: "handover/" + name + "/" + s.Name, Err: s.Failed(), Took: s.Action}
-		if r.Err != nil && verbose {
-			fmt.Printf("# proxies' logs:\n%s", s.Logs)
+		if r.Err != nil {
+			fmt.Printf("# proxies' logs and conntrack's counters at the step's end:\n%s", s.Logs)
 		}
 		report(r)
 	}
