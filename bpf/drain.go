@@ -3,10 +3,15 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
 )
 
 // lbDraining is tc.c's LB_DRAINING.
@@ -64,4 +69,70 @@ func LiveFlows(pinDir string) (int, error) {
 // live: a flow's forward entry, not expired, not closed or reset.
 func live(v tcCtVal, now uint64) bool {
 	return v.IsReply == 0 && !dead(v, now) && v.Closed == 0 && v.Rst == 0
+}
+
+// conntrackCreator is the part of *netlink.Handle HoldFlowPorts writes conntrack with.
+type conntrackCreator interface {
+	ConntrackCreate(table netlink.ConntrackTableType, family netlink.InetFamily, flow *netlink.ConntrackFlow) error
+}
+
+// HoldFlowPorts writes, for every live masqueraded flow in the maps pinned in pinDir, a conntrack
+// entry with that flow's translated tuples, expiring after ttl. The programs forward their flows
+// past the stack, so conntrack never saw them; while draining, kube-proxy's masquerade takes the new
+// connections and, not knowing a flow's port, may give one the same port towards the same
+// backend, whose replies the programs would then take for their flow's. The entry makes conntrack
+// see the port as taken; no packet ever matches it. It returns how many it wrote.
+func HoldFlowPorts(pinDir string, ct conntrackCreator, ttl time.Duration) (int, error) {
+	now := monotonicNow()
+	n := 0
+	var errs []error
+	for _, name := range []string{mapCTAssured, mapCTLRU} {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, name), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return n, fmt.Errorf("bpf: %s: %w", name, err)
+		}
+		var k tcCtKey
+		var v tcCtVal
+		it := m.Iterate()
+		for it.Next(&k, &v) {
+			f, ok := heldFlow(k, v, now, ttl)
+			if !ok {
+				continue
+			}
+			if err := ct.ConntrackCreate(netlink.ConntrackTable, netlink.InetFamily(f.FamilyType), f); err != nil && !errors.Is(err, unix.EEXIST) {
+				errs = append(errs, err)
+				continue
+			}
+			n++
+		}
+		errs = append(errs, it.Err())
+		m.Close()
+	}
+	return n, errors.Join(errs...)
+}
+
+// heldFlow is the conntrack entry that holds a live masqueraded flow's translated tuples: its
+// forward entry v (under the client's key k) holds the tuple the backend sees.
+func heldFlow(k tcCtKey, v tcCtVal, now uint64, ttl time.Duration) (*netlink.ConntrackFlow, bool) {
+	if !live(v, now) || v.Host != 0 || (v.Saddr == k.Saddr && v.Sport == k.Sport) {
+		return nil, false
+	}
+	src, dst := netip.AddrFrom16(v.Saddr).Unmap(), netip.AddrFrom16(v.Daddr).Unmap()
+	fam := uint8(unix.AF_INET6)
+	if src.Is4() {
+		fam = unix.AF_INET
+	}
+	tuple := func(a, b netip.Addr, ap, bp uint16) netlink.IPTuple {
+		return netlink.IPTuple{Protocol: k.Proto, SrcIP: a.AsSlice(), DstIP: b.AsSlice(), SrcPort: ap, DstPort: bp}
+	}
+	f := &netlink.ConntrackFlow{FamilyType: fam, TimeOut: uint32(ttl.Seconds()),
+		Forward: tuple(src, dst, htons(v.Sport), htons(v.Dport)),
+		Reverse: tuple(dst, src, htons(v.Dport), htons(v.Sport))}
+	if k.Proto == unix.IPPROTO_TCP {
+		f.ProtoInfo = &netlink.ProtoInfoTCP{State: nl.TCP_CONNTRACK_ESTABLISHED}
+	}
+	return f, true
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
@@ -211,6 +212,7 @@ func drainFlows(pinDir string, timeout, poll time.Duration) error {
 	if err != nil || !ok {
 		return err
 	}
+	holdFlowPorts(pinDir, timeout+time.Minute)
 	deadline := time.Now().Add(timeout)
 	for {
 		n, err := bpf.LiveFlows(pinDir)
@@ -226,5 +228,21 @@ func drainFlows(pinDir string, timeout, poll time.Duration) error {
 			return nil
 		}
 		time.Sleep(poll)
+	}
+}
+
+// holdFlowPorts shows conntrack the ports the draining flows hold (bpf.HoldFlowPorts), so that
+// kube-proxy's masquerade does not give them to its new connections. A failure is logged, not
+// fatal: the rollback goes on, with the small risk the hold was for.
+func holdFlowPorts(pinDir string, ttl time.Duration) {
+	h, err := netlink.NewHandle(unix.NETLINK_NETFILTER)
+	if err == nil {
+		defer h.Close()
+		var n int
+		n, err = bpf.HoldFlowPorts(pinDir, h, ttl)
+		klog.InfoS("Showed conntrack the ports of the flows draining", "flows", n)
+	}
+	if err != nil {
+		klog.ErrorS(err, "Showing conntrack the ports of the flows draining: kube-proxy may give one of them to a new connection")
 	}
 }
