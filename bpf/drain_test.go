@@ -18,12 +18,7 @@ import (
 // A masqueraded flow's translated tuples are written to the node's conntrack, so that kube-proxy's
 // masquerade, taking the new connections while the programs drain, sees its port as taken.
 func TestHoldFlowPorts(t *testing.T) {
-	pinDir := filepath.Join(bpffs, fmt.Sprintf("sy-hold-%d", os.Getpid()))
-	t.Cleanup(func() {
-		if err := Unpin(pinDir); err != nil {
-			t.Error(err)
-		}
-	})
+	pinDir := testPinDir(t, "hold")
 	e := newNATEnvWith(t, LoadOptions{PinDir: pinDir, MaxServices: 1024, MaxBackends: 1024})
 	ret, fwd := e.run(t, e.objs.TC.ExtIngress, tcp(client4, npTCP))
 	if ret != tcRedirect {
@@ -55,4 +50,16 @@ func TestHoldFlowPorts(t *testing.T) {
 		}
 	}
 	t.Errorf("no conntrack entry with the reply tuple %s -> %s among %d: %v", pod, fwd.src, len(flows), flows)
+}
+
+// testPinDir is a pin directory of this run's own, unpinned when the test ends (registered before
+// anything is pinned there, so a failure halfway leaves nothing).
+func testPinDir(t *testing.T, name string) string {
+	dir := filepath.Join(bpffs, fmt.Sprintf("sy-%s-%d", name, os.Getpid()))
+	t.Cleanup(func() {
+		if err := Unpin(dir); err != nil {
+			t.Error(err)
+		}
+	})
+	return dir
 }

@@ -433,12 +433,7 @@ func TestTCUDP(t *testing.T) {
 // to the stack untouched, and go on translating the flows they carry, which LiveFlows counts until
 // they close; loading the programs again ends the drain.
 func TestTCDrainLeavesNewFlowsToTheStack(t *testing.T) {
-	pinDir := filepath.Join(bpffs, fmt.Sprintf("sy-drain-%d", os.Getpid()))
-	t.Cleanup(func() {
-		if err := Unpin(pinDir); err != nil {
-			t.Error(err)
-		}
-	})
+	pinDir := testPinDir(t, "drain")
 	e := newNATEnvWith(t, LoadOptions{PinDir: pinDir, MaxServices: 1024, MaxBackends: 1024})
 	p := e.objs.TC
 	syn := tcp(client4, npTCP)
@@ -496,15 +491,10 @@ func TestTCDrainLeavesNewFlowsToTheStack(t *testing.T) {
 // A pinned counters map of another version's size (one event fewer) does not stop an upgrade:
 // Load replaces it, where a map with state would be refused.
 func TestLoadReplacesStaleCounters(t *testing.T) {
-	pinDir := filepath.Join(bpffs, fmt.Sprintf("sy-stale-%d", os.Getpid()))
+	pinDir := testPinDir(t, "stale")
 	if err := os.MkdirAll(pinDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if err := Unpin(pinDir); err != nil {
-			t.Error(err)
-		}
-	})
 	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: 11})
 	if err != nil {
 		t.Fatal(err)
