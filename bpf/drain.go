@@ -41,29 +41,33 @@ func Drain(pinDir string) (bool, error) {
 func LiveFlows(pinDir string) (int, error) {
 	now := monotonicNow()
 	n := 0
+	err := eachPinnedFlow(pinDir, func(_ tcCtKey, v tcCtVal) bool {
+		if live(v, now) {
+			n++
+		}
+		return true
+	})
+	return n, err
+}
+
+// eachPinnedFlow calls fn with every entry of the connection-tracking maps pinned in pinDir (of
+// none, when nothing is pinned there).
+func eachPinnedFlow(pinDir string, fn func(tcCtKey, tcCtVal) bool) error {
 	for _, name := range []string{mapCTAssured, mapCTLRU} {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, name), nil)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
 		if err != nil {
-			return 0, fmt.Errorf("bpf: %s: %w", name, err)
+			return fmt.Errorf("bpf: %s: %w", name, err)
 		}
-		var k tcCtKey
-		var v tcCtVal
-		it := m.Iterate()
-		for it.Next(&k, &v) {
-			if live(v, now) {
-				n++
-			}
-		}
-		err = it.Err()
+		err = kernelMap[tcCtKey, tcCtVal]{m}.Each(fn)
 		m.Close()
 		if err != nil {
-			return 0, fmt.Errorf("bpf: %s: %w", name, err)
+			return fmt.Errorf("bpf: %w", err)
 		}
 	}
-	return n, nil
+	return nil
 }
 
 // live: a flow's forward entry, not expired, not closed or reset.
@@ -86,32 +90,19 @@ func HoldFlowPorts(pinDir string, ct conntrackCreator, ttl time.Duration) (int, 
 	now := monotonicNow()
 	n := 0
 	var errs []error
-	for _, name := range []string{mapCTAssured, mapCTLRU} {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, name), nil)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
+	err := eachPinnedFlow(pinDir, func(k tcCtKey, v tcCtVal) bool {
+		f, ok := heldFlow(k, v, now, ttl)
+		if !ok {
+			return true
 		}
-		if err != nil {
-			return n, fmt.Errorf("bpf: %s: %w", name, err)
+		if err := ct.ConntrackCreate(netlink.ConntrackTable, netlink.InetFamily(f.FamilyType), f); err != nil && !errors.Is(err, unix.EEXIST) {
+			errs = append(errs, err)
+			return true
 		}
-		var k tcCtKey
-		var v tcCtVal
-		it := m.Iterate()
-		for it.Next(&k, &v) {
-			f, ok := heldFlow(k, v, now, ttl)
-			if !ok {
-				continue
-			}
-			if err := ct.ConntrackCreate(netlink.ConntrackTable, netlink.InetFamily(f.FamilyType), f); err != nil && !errors.Is(err, unix.EEXIST) {
-				errs = append(errs, err)
-				continue
-			}
-			n++
-		}
-		errs = append(errs, it.Err())
-		m.Close()
-	}
-	return n, errors.Join(errs...)
+		n++
+		return true
+	})
+	return n, errors.Join(append(errs, err)...)
 }
 
 // heldFlow is the conntrack entry that holds a live masqueraded flow's translated tuples: its
