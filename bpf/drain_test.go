@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard/switchyard/test/topology"
@@ -24,12 +23,7 @@ func TestHoldFlowPorts(t *testing.T) {
 	if ret != tcRedirect {
 		t.Fatalf("a SYN: %d, want a new flow", ret)
 	}
-	target, err := netns.GetFromPath(topology.NetnsPath(e.ns))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer target.Close()
-	h, err := netlink.NewHandleAt(target, unix.NETLINK_NETFILTER)
+	h, err := topology.NetlinkHandle(e.ns, unix.NETLINK_NETFILTER)
 	if err != nil {
 		t.Fatal(err)
 	}

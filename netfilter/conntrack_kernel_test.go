@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard/switchyard/dataplane"
@@ -113,12 +111,7 @@ func probe(ctx context.Context, t *testing.T, topo *topology.Topology, proto, ds
 // nodeConntrack opens the cleanup on a netlink socket of the node's namespace.
 func nodeConntrack(t *testing.T, ns string) *NetlinkConntrack {
 	t.Helper()
-	target, err := netns.GetFromPath(topology.NetnsPath(ns))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer target.Close()
-	h, err := netlink.NewHandleAt(target, unix.NETLINK_NETFILTER)
+	h, err := topology.NetlinkHandle(ns, unix.NETLINK_NETFILTER)
 	if err != nil {
 		t.Fatal(err)
 	}

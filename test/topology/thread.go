@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"runtime"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
 
@@ -39,4 +40,16 @@ func enterAndRun(ns string, fn func() error) error {
 		return fmt.Errorf("the thread is not in netns %s after setns", ns)
 	}
 	return fn()
+}
+
+// NetlinkHandle opens a netlink handle for proto (unix.NETLINK_NETFILTER, ...) whose sockets live
+// in the named namespace, whatever thread uses it: for tests that read or write that namespace's
+// conntrack or links from Go without switching a thread.
+func NetlinkHandle(ns string, proto int) (*netlink.Handle, error) {
+	target, err := netns.GetFromPath(NetnsPath(ns))
+	if err != nil {
+		return nil, err
+	}
+	defer target.Close()
+	return netlink.NewHandleAt(target, proto)
 }
