@@ -11,6 +11,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/switchyard/switchyard/test/cluster"
 )
@@ -271,7 +272,8 @@ func (h *handover) conntrackStats(ctx context.Context) string {
 // healthTakenOver waits until, on every node, 10256 answers /healthz and the Local
 // Service's health check node port answers 200 (each node has a local endpoint):
 // with kube-proxy gone, Switchyard's. The time it takes is how long load
-// balancers saw the node fail its checks.
+// balancers saw the node fail its checks; 5 s is a failure (the next periodic
+// sync, 30 s, would otherwise be when Switchyard took the ports).
 func (h *handover) healthTakenOver(ctx context.Context) error {
 	e := h.sy
 	ext := from{"external", e.c.ExternalClients()[0].IP}
@@ -279,24 +281,20 @@ func (h *handover) healthTakenOver(ctx context.Context) error {
 	for _, n := range e.c.Nodes() {
 		want[n.Name] = 200
 	}
-	check := func(ctx context.Context) error {
+	var last error
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 5*time.Second, true, func(ctx context.Context) (bool, error) {
+		last = nil
 		for _, n := range e.c.Nodes() {
 			if code, err := e.httpStatus(ctx, from{"node", n.Name}, kubeProxyHealthz); err != nil || code != 200 {
-				return fmt.Errorf("node %s: %s answered %d (%v)", n.Name, kubeProxyHealthz, code, err)
+				last = fmt.Errorf("node %s: %s answered %d (%v)", n.Name, kubeProxyHealthz, code, err)
+				return false, nil
 			}
 		}
-		return e.healthCheck(ext, "steady-local", want)(ctx)
+		last = e.healthCheck(ext, "steady-local", want)(ctx)
+		return last == nil, nil
+	})
+	if err != nil {
+		return fmt.Errorf("5 s after kube-proxy left: %w (%v)", err, last)
 	}
-	var err error
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
-		if err = check(ctx); err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-	return fmt.Errorf("30 s after kube-proxy left: %w", err)
+	return nil
 }
